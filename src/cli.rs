@@ -1,0 +1,186 @@
+//! The command line: what each subcommand does and which exit code it returns.
+//!
+//! | exit code | meaning |
+//! | --- | --- |
+//! | 0 | done (every account synced, the daemon stopped cleanly, the config is valid) |
+//! | 1 | a sync failed, or the database could not be reached or migrated |
+//! | 2 | the configuration is invalid (nothing was contacted) |
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ProcessEnv};
+use crate::telemetry::LogFormat;
+
+/// Keeps the history of WhatsApp customer-service sessions in SQLite or PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "session-sync", version, about)]
+pub struct Cli {
+    /// Log line format (logs go to stderr; RUST_LOG sets the filter).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: migrate, then sync every account on its schedule until SIGTERM/SIGINT.
+    Run(ConfigArg),
+    /// Sync every configured account (or the one named) once, now; one summary line each.
+    Sync(SyncArgs),
+    /// Apply the database migrations and exit.
+    Migrate(ConfigArg),
+    /// Validate the configuration and print it with secrets redacted; contacts nothing.
+    CheckConfig(ConfigArg),
+    /// Sync a few accounts of a built-in simulated vendor through several rounds into a
+    /// SQLite file, then show what was recorded and how to query it.
+    Demo(DemoArgs),
+}
+
+impl Command {
+    /// The log filter when RUST_LOG is unset: the demo prints its own story, so it keeps
+    /// routine logs out of it.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Demo(_) => "off",
+            _ => "info,sqlx=warn,tokio_cron_scheduler=warn",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The TOML configuration file.
+    #[arg(long, env = "SESSION_SYNC_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only the account(s) of this customer id.
+    #[arg(long)]
+    pub customer: Option<i64>,
+    /// Only this sub-account of --customer.
+    #[arg(long, requires = "customer")]
+    pub sub_account: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The SQLite file to write (replaced if it exists).
+    #[arg(long, default_value = "session-sync-demo.db")]
+    pub database: PathBuf,
+}
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
+    Config::load(&arg.config, &ProcessEnv).map_err(|e| {
+        eprintln!("error: invalid configuration: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn fatal(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(EXIT_FAILED)
+}
+
+/// Runs one subcommand to completion.
+pub async fn execute(command: Command) -> ExitCode {
+    match command {
+        Command::CheckConfig(arg) => match load(&arg) {
+            Ok(config) => {
+                print!("{}", config.redacted_summary());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Migrate(arg) => {
+            let config = match load(&arg) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match crate::startup::open_store(&config).await {
+                Ok(store) => {
+                    store.close().await;
+                    println!("migrations applied to {}", config.database_url);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fatal(e),
+            }
+        }
+        Command::Sync(args) => sync_once(args).await,
+        Command::Run(arg) => {
+            let config = match load(&arg) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let (ctx, accounts) = match crate::startup::prepare(&config).await {
+                Ok(prepared) => prepared,
+                Err(e) => return fatal(e),
+            };
+            tracing::info!(accounts = accounts.len(), database = %config.database_url, "session-sync starting");
+            match crate::daemon::run(&config, ctx, accounts, crate::daemon::shutdown_signal()).await
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fatal(e),
+            }
+        }
+        Command::Demo(args) => match crate::demo::run(&args.database).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fatal(e),
+        },
+    }
+}
+
+async fn sync_once(args: SyncArgs) -> ExitCode {
+    let config = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let wanted: Vec<(i64, Option<i64>)> = config
+        .select_accounts(args.customer, args.sub_account)
+        .iter()
+        .map(|a| (a.customer_id, a.sub_account_id))
+        .collect();
+    if wanted.is_empty() {
+        eprintln!("error: no configured account matches the --customer / --sub-account given");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let (ctx, mut accounts) = match crate::startup::prepare(&config).await {
+        Ok(prepared) => prepared,
+        Err(e) => return fatal(e),
+    };
+    accounts.retain(|a| wanted.contains(&(a.config.customer_id, a.config.sub_account_id)));
+    let never = CancellationToken::new();
+    let results: Vec<_> = futures_util::stream::iter(&accounts)
+        .map(|account| crate::sync::sync_account(&ctx, account, &never))
+        .buffered(config.schedule.max_concurrent)
+        .collect()
+        .await;
+    ctx.store.close().await;
+    let mut failed = false;
+    for result in results {
+        match result {
+            Ok(report) => println!("{report}"),
+            Err(e) => {
+                failed = true;
+                println!("{}: FAILED: {}: {}", e.account, e.step, e.cause);
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,768 @@
+//! The configuration file: defaults, then the TOML file, then the environment.
+//!
+//! Every field below carries the doc comment that README's configuration reference repeats.
+//! Unknown keys are errors (`deny_unknown_fields`), so a typo never silently falls back to a
+//! default. [`Config::load`] resolves everything that can be checked without the network
+//! (URLs, cron expressions, time zones, token files), so `check-config` and the daemon's
+//! start-up fail with exit code 2 before any request is made.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+/// The vendor's documented host; the default must be https because credentials travel in
+/// headers (`vendor-api.md`).
+pub const DEFAULT_BASE_URL: &str = "https://api-messaging.wavy.global";
+/// Where the history lands when the file names no database: the embedded default.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://session-sync.db";
+
+const ENV_DATABASE_URL: &str = "SESSION_SYNC_DATABASE_URL";
+const ENV_USERNAME: &str = "SESSION_SYNC_USERNAME";
+const ENV_TOKEN: &str = "SESSION_SYNC_TOKEN";
+
+/// Why a configuration could not be used. Each message names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    /// `sqlite://PATH` or `postgres://user:pass@host/db`. Env `SESSION_SYNC_DATABASE_URL` wins.
+    database_url: Option<String>,
+    #[serde(default)]
+    api: FileApi,
+    #[serde(default)]
+    schedule: FileSchedule,
+    #[serde(default)]
+    sync: FileSync,
+    #[serde(default)]
+    accounts: Vec<FileAccount>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    base_url: Option<String>,
+    allow_insecure_http: Option<bool>,
+    username: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    timeout_secs: Option<u64>,
+    max_attempts: Option<u32>,
+    max_retry_wait_secs: Option<u64>,
+    backoff_base_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSchedule {
+    cron: Option<String>,
+    max_concurrent: Option<usize>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSync {
+    max_rejected_ratio: Option<f64>,
+    csv_timezone: Option<String>,
+    session_window_hours: Option<u32>,
+    max_download_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAccount {
+    customer_id: i64,
+    sub_account_id: Option<i64>,
+    name: Option<String>,
+    username: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    cron: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The resolved configuration.
+
+/// Everything session-sync needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the history is kept. Env `SESSION_SYNC_DATABASE_URL` wins over the file;
+    /// default `sqlite://session-sync.db` (in the working directory).
+    pub database_url: DatabaseUrl,
+    pub api: ApiConfig,
+    pub schedule: ScheduleConfig,
+    pub sync: SyncConfig,
+    pub accounts: Vec<AccountConfig>,
+}
+
+/// `[api]`: how to reach the vendor.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The API's root; default `https://api-messaging.wavy.global`. Must be https unless
+    /// `allow_insecure_http = true` (meant for tests and the demo on loopback).
+    pub base_url: Url,
+    /// Allows an `http://` `base_url`. Credentials then travel in clear text.
+    pub allow_insecure_http: bool,
+    /// Per API request (the whole request, body included); downloads use it as a read
+    /// timeout, so a large file may take longer as long as bytes keep coming. Default 30.
+    pub timeout: Duration,
+    /// Attempts per request, the first included; default 4.
+    pub max_attempts: u32,
+    /// The longest wait between two attempts, whatever `Retry-After` asks for; default 300.
+    pub max_retry_wait: Duration,
+    /// The first wait of the exponential backoff (doubling, with jitter); default 500 ms.
+    pub backoff_base: Duration,
+}
+
+/// `[schedule]`: when the daemon syncs.
+#[derive(Debug, Clone)]
+pub struct ScheduleConfig {
+    /// Six fields, seconds first, evaluated in UTC; default `0 */5 * * * *` (every 5 min).
+    pub cron: String,
+    /// Accounts synced at once; default 4.
+    pub max_concurrent: usize,
+    /// On SIGTERM/SIGINT, how long running syncs may take to finish before they are rolled
+    /// back and marked `abandoned`; default 30.
+    pub shutdown_grace: Duration,
+}
+
+/// `[sync]`: how a snapshot is read and judged.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Above this share of rejected records the snapshot is not trusted and the run fails
+    /// without changing any session; default 0.01.
+    pub max_rejected_ratio: f64,
+    /// The IANA zone for timestamps written without an offset; default `UTC`.
+    pub csv_timezone: Tz,
+    /// How long a session lasts after `session_created_at` (`expires_at`); default 24.
+    pub session_window_hours: u32,
+    /// A download larger than this is refused; default 4 GiB.
+    pub max_download_bytes: u64,
+}
+
+/// One `[[accounts]]` entry.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    pub customer_id: i64,
+    /// Optional; left out of the API query when absent.
+    pub sub_account_id: Option<i64>,
+    /// A label for logs and for the `accounts` table.
+    pub name: Option<String>,
+    /// `username` / `token` / `token_file` here override `[api]`'s for this account.
+    pub credentials: Credentials,
+    /// Overrides `[schedule] cron` for this account.
+    pub cron: String,
+}
+
+impl AccountConfig {
+    /// A label that names the account in every message: `customer 42 / sub-account 7 (acme)`.
+    pub fn label(&self) -> String {
+        let mut s = format!("customer {}", self.customer_id);
+        if let Some(sub) = self.sub_account_id {
+            s.push_str(&format!(" / sub-account {sub}"));
+        }
+        if let Some(name) = &self.name {
+            s.push_str(&format!(" ({name})"));
+        }
+        s
+    }
+}
+
+/// The vendor's `userName` / `authenticationToken` pair. The token is a [`SecretString`]:
+/// its `Debug` prints `[REDACTED]`, and it is only exposed when the API request is built.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub token: SecretString,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("token", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// A database URL, which may hold a password: `Display` and `Debug` hide it.
+#[derive(Clone)]
+pub struct DatabaseUrl(SecretString);
+
+/// Which store a [`DatabaseUrl`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseUrl {
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        let url = DatabaseUrl(SecretString::from(raw.to_owned()));
+        url.backend()?;
+        Ok(url)
+    }
+
+    pub fn backend(&self) -> Result<Backend, ConfigError> {
+        let raw = self.0.expose_secret();
+        if raw.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(invalid(
+                "database_url",
+                "must start with sqlite: or postgres:// (postgresql://)",
+            ))
+        }
+    }
+
+    /// The URL with its password, for the driver only.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let raw = self.0.expose_secret();
+        match Url::parse(raw) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("REDACTED"));
+                f.write_str(url.as_str())
+            }
+            Ok(_) => f.write_str(raw),
+            Err(_) => f.write_str("[unparseable database URL]"),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// Where the process environment comes from; tests pass their own instead of mutating the
+/// process's.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`, applying environment overrides.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::from_toml(&text, base_dir, env).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text; relative token files are resolved against
+    /// `$CREDENTIALS_DIRECTORY` when set (systemd's `LoadCredential=`), else `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        resolve(file, base_dir, env)
+    }
+
+    /// The resolved settings, secrets redacted, as `check-config` prints them.
+    pub fn redacted_summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "database_url = {}", self.database_url);
+        let _ = writeln!(out, "[api]");
+        let _ = writeln!(out, "base_url = {}", self.api.base_url);
+        let _ = writeln!(
+            out,
+            "allow_insecure_http = {}",
+            self.api.allow_insecure_http
+        );
+        let _ = writeln!(out, "timeout_secs = {}", self.api.timeout.as_secs());
+        let _ = writeln!(out, "max_attempts = {}", self.api.max_attempts);
+        let _ = writeln!(
+            out,
+            "max_retry_wait_secs = {}",
+            self.api.max_retry_wait.as_secs()
+        );
+        let _ = writeln!(
+            out,
+            "backoff_base_ms = {}",
+            self.api.backoff_base.as_millis()
+        );
+        let _ = writeln!(out, "[schedule]");
+        let _ = writeln!(out, "cron = {:?}", self.schedule.cron);
+        let _ = writeln!(out, "max_concurrent = {}", self.schedule.max_concurrent);
+        let _ = writeln!(
+            out,
+            "shutdown_grace_secs = {}",
+            self.schedule.shutdown_grace.as_secs()
+        );
+        let _ = writeln!(out, "[sync]");
+        let _ = writeln!(out, "max_rejected_ratio = {}", self.sync.max_rejected_ratio);
+        let _ = writeln!(out, "csv_timezone = {:?}", self.sync.csv_timezone.name());
+        let _ = writeln!(
+            out,
+            "session_window_hours = {}",
+            self.sync.session_window_hours
+        );
+        let _ = writeln!(out, "max_download_bytes = {}", self.sync.max_download_bytes);
+        for a in &self.accounts {
+            let _ = writeln!(out, "[[accounts]] # {}", a.label());
+            let _ = writeln!(out, "username = {:?}", a.credentials.username);
+            let _ = writeln!(out, "token = \"[REDACTED]\"");
+            let _ = writeln!(out, "cron = {:?}", a.cron);
+        }
+        out
+    }
+
+    /// The accounts that `--customer` / `--sub-account` select (all when neither is given).
+    pub fn select_accounts(
+        &self,
+        customer: Option<i64>,
+        sub_account: Option<i64>,
+    ) -> Vec<&AccountConfig> {
+        self.accounts
+            .iter()
+            .filter(|a| customer.is_none_or(|c| a.customer_id == c))
+            .filter(|a| sub_account.is_none_or(|s| a.sub_account_id == Some(s)))
+            .collect()
+    }
+}
+
+/// Parses a six-field cron expression (seconds first) exactly as the scheduler will.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+        .map_err(|e| e.to_string())
+}
+
+fn validate_cron(key: &str, expr: &str) -> Result<(), ConfigError> {
+    if expr.split_whitespace().count() != 6 {
+        return Err(invalid(
+            key,
+            format!("{expr:?} must have six fields, seconds first (e.g. \"0 */5 * * * *\")"),
+        ));
+    }
+    parse_cron(expr)
+        .map(|_| ())
+        .map_err(|e| invalid(key, format!("{expr:?}: {e}")))
+}
+
+fn read_token_file(
+    key: &str,
+    path: &Path,
+    base_dir: &Path,
+    env: &dyn Env,
+) -> Result<SecretString, ConfigError> {
+    let full = if path.is_absolute() {
+        path.to_owned()
+    } else if let Some(dir) = env.var("CREDENTIALS_DIRECTORY") {
+        Path::new(&dir).join(path)
+    } else {
+        base_dir.join(path)
+    };
+    let text = std::fs::read_to_string(&full)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", full.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(invalid(key, format!("{} is empty", full.display())));
+    }
+    Ok(SecretString::from(token.to_owned()))
+}
+
+fn resolve_token(
+    key_prefix: &str,
+    token: Option<String>,
+    token_file: Option<&Path>,
+    base_dir: &Path,
+    env: &dyn Env,
+) -> Result<Option<SecretString>, ConfigError> {
+    match (token, token_file) {
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{key_prefix}token"),
+            "set either token or token_file, not both",
+        )),
+        (Some(t), None) if t.trim().is_empty() => {
+            Err(invalid(format!("{key_prefix}token"), "is empty"))
+        }
+        (Some(t), None) => Ok(Some(SecretString::from(t))),
+        (None, Some(p)) => {
+            read_token_file(&format!("{key_prefix}token_file"), p, base_dir, env).map(Some)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+    let database_url = DatabaseUrl::parse(
+        &env.var(ENV_DATABASE_URL)
+            .or(file.database_url)
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+    )?;
+
+    let api = file.api;
+    let allow_insecure_http = api.allow_insecure_http.unwrap_or(false);
+    let base_url_raw = api.base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+    let base_url = Url::parse(&base_url_raw)
+        .map_err(|e| invalid("api.base_url", format!("{base_url_raw:?}: {e}")))?;
+    match base_url.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http => {}
+        "http" => return Err(invalid(
+            "api.base_url",
+            "must be https (set api.allow_insecure_http = true to allow http, e.g. on loopback)",
+        )),
+        other => {
+            return Err(invalid(
+                "api.base_url",
+                format!("unsupported scheme {other:?}"),
+            ))
+        }
+    }
+    if base_url.cannot_be_a_base() || base_url.host().is_none() {
+        return Err(invalid(
+            "api.base_url",
+            "must be an absolute URL with a host",
+        ));
+    }
+    let timeout_secs = api.timeout_secs.unwrap_or(30);
+    if timeout_secs == 0 {
+        return Err(invalid("api.timeout_secs", "must be at least 1"));
+    }
+    let max_attempts = api.max_attempts.unwrap_or(4);
+    if max_attempts == 0 {
+        return Err(invalid("api.max_attempts", "must be at least 1"));
+    }
+    let default_username = env.var(ENV_USERNAME).or(api.username);
+    let default_token = match env.var(ENV_TOKEN) {
+        Some(t) => Some(SecretString::from(t)),
+        None => resolve_token("api.", api.token, api.token_file.as_deref(), base_dir, env)?,
+    };
+
+    let schedule = file.schedule;
+    let cron = schedule.cron.unwrap_or_else(|| "0 */5 * * * *".to_owned());
+    validate_cron("schedule.cron", &cron)?;
+    let max_concurrent = schedule.max_concurrent.unwrap_or(4);
+    if max_concurrent == 0 {
+        return Err(invalid("schedule.max_concurrent", "must be at least 1"));
+    }
+
+    let sync = file.sync;
+    let max_rejected_ratio = sync.max_rejected_ratio.unwrap_or(0.01);
+    if !(0.0..=1.0).contains(&max_rejected_ratio) {
+        return Err(invalid(
+            "sync.max_rejected_ratio",
+            "must be between 0 and 1",
+        ));
+    }
+    let tz_name = sync.csv_timezone.unwrap_or_else(|| "UTC".to_owned());
+    let csv_timezone: Tz = tz_name.parse().map_err(|_| {
+        invalid(
+            "sync.csv_timezone",
+            format!("{tz_name:?} is not an IANA time zone name"),
+        )
+    })?;
+    let session_window_hours = sync.session_window_hours.unwrap_or(24);
+    if session_window_hours == 0 {
+        return Err(invalid("sync.session_window_hours", "must be at least 1"));
+    }
+    let max_download_bytes = sync.max_download_bytes.unwrap_or(4 << 30);
+    if max_download_bytes == 0 {
+        return Err(invalid("sync.max_download_bytes", "must be at least 1"));
+    }
+
+    if file.accounts.is_empty() {
+        return Err(invalid(
+            "accounts",
+            "at least one [[accounts]] entry is needed",
+        ));
+    }
+    let mut accounts: Vec<AccountConfig> = Vec::with_capacity(file.accounts.len());
+    for (i, a) in file.accounts.into_iter().enumerate() {
+        let prefix = format!("accounts[{i}].");
+        if accounts
+            .iter()
+            .any(|b| b.customer_id == a.customer_id && b.sub_account_id == a.sub_account_id)
+        {
+            return Err(invalid(
+                format!("{prefix}customer_id"),
+                "the same customer_id / sub_account_id pair is configured twice",
+            ));
+        }
+        let username = a
+            .username
+            .or_else(|| default_username.clone())
+            .ok_or_else(|| {
+                invalid(
+                    format!("{prefix}username"),
+                    "no username (set api.username, the account's username or SESSION_SYNC_USERNAME)",
+                )
+            })?;
+        let token = resolve_token(&prefix, a.token, a.token_file.as_deref(), base_dir, env)?
+            .or_else(|| default_token.clone())
+            .ok_or_else(|| {
+                invalid(
+                    format!("{prefix}token"),
+                    "no token (set api.token_file, api.token, the account's own, or SESSION_SYNC_TOKEN)",
+                )
+            })?;
+        let account_cron = match a.cron {
+            Some(c) => {
+                validate_cron(&format!("{prefix}cron"), &c)?;
+                c
+            }
+            None => cron.clone(),
+        };
+        accounts.push(AccountConfig {
+            customer_id: a.customer_id,
+            sub_account_id: a.sub_account_id,
+            name: a.name,
+            credentials: Credentials { username, token },
+            cron: account_cron,
+        });
+    }
+
+    Ok(Config {
+        database_url,
+        api: ApiConfig {
+            base_url,
+            allow_insecure_http,
+            timeout: Duration::from_secs(timeout_secs),
+            max_attempts,
+            max_retry_wait: Duration::from_secs(api.max_retry_wait_secs.unwrap_or(300)),
+            backoff_base: Duration::from_millis(api.backoff_base_ms.unwrap_or(500)),
+        },
+        schedule: ScheduleConfig {
+            cron,
+            max_concurrent,
+            shutdown_grace: Duration::from_secs(schedule.shutdown_grace_secs.unwrap_or(30)),
+        },
+        sync: SyncConfig {
+            max_rejected_ratio,
+            csv_timezone,
+            session_window_hours,
+            max_download_bytes,
+        },
+        accounts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<&'static str, String>);
+    impl Env for MapEnv {
+        fn var(&self, key: &str) -> Option<String> {
+            self.0.get(key).cloned()
+        }
+    }
+    fn no_env() -> MapEnv {
+        MapEnv(HashMap::new())
+    }
+
+    const MINIMAL: &str = r#"
+        [api]
+        username = "acme"
+        token = "s3cret-token"
+        [[accounts]]
+        customer_id = 42
+    "#;
+
+    fn err_of(text: &str) -> String {
+        Config::from_toml(text, Path::new("."), &no_env())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let c = Config::from_toml(MINIMAL, Path::new("."), &no_env()).unwrap();
+        assert_eq!(
+            c.api.base_url.as_str(),
+            "https://api-messaging.wavy.global/"
+        );
+        assert_eq!(c.api.max_attempts, 4);
+        assert_eq!(c.api.timeout, Duration::from_secs(30));
+        assert_eq!(c.schedule.cron, "0 */5 * * * *");
+        assert_eq!(c.schedule.max_concurrent, 4);
+        assert_eq!(c.sync.session_window_hours, 24);
+        assert_eq!(c.sync.max_download_bytes, 4294967296);
+        assert_eq!(c.sync.csv_timezone, Tz::UTC);
+        assert_eq!(c.database_url.backend().unwrap(), Backend::Sqlite);
+        assert_eq!(c.accounts[0].cron, "0 */5 * * * *");
+        assert_eq!(c.accounts[0].sub_account_id, None);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_key() {
+        let e = err_of(&format!("{MINIMAL}\n[sync]\nmax_rejected_raito = 0.5\n"));
+        assert!(e.contains("max_rejected_raito"), "{e}");
+    }
+
+    #[test]
+    fn missing_customer_id_is_an_error_naming_the_key() {
+        let e = err_of("[api]\nusername='a'\ntoken='t'\n[[accounts]]\nname='x'\n");
+        assert!(e.contains("customer_id"), "{e}");
+    }
+
+    #[test]
+    fn bad_cron_is_an_error_naming_the_key() {
+        let e = err_of(&format!("{MINIMAL}\n[schedule]\ncron = \"*/5 * * * *\"\n"));
+        assert!(e.starts_with("schedule.cron"), "{e}");
+        let e = err_of(&format!(
+            "{MINIMAL}\n[schedule]\ncron = \"0 */5 * * * nonsense\"\n"
+        ));
+        assert!(e.starts_with("schedule.cron"), "{e}");
+    }
+
+    #[test]
+    fn http_base_url_needs_explicit_permission() {
+        let text = MINIMAL.replace("[api]", "[api]\nbase_url = \"http://127.0.0.1:1\"");
+        assert!(err_of(&text).starts_with("api.base_url"));
+        let text = text.replace("[api]", "[api]\nallow_insecure_http = true");
+        assert!(Config::from_toml(&text, Path::new("."), &no_env()).is_ok());
+        let e = err_of(&MINIMAL.replace("[api]", "[api]\nbase_url = \"not a url\""));
+        assert!(e.starts_with("api.base_url"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_token_file_is_an_error_naming_the_key() {
+        let text = MINIMAL.replace(
+            "token = \"s3cret-token\"",
+            "token_file = \"/nonexistent/tok\"",
+        );
+        let e = err_of(&text);
+        assert!(e.starts_with("api.token_file"), "{e}");
+    }
+
+    #[test]
+    fn relative_token_file_is_read_from_credentials_directory_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "from-credentials\n").unwrap();
+        let env = MapEnv(HashMap::from([(
+            "CREDENTIALS_DIRECTORY",
+            dir.path().display().to_string(),
+        )]));
+        let text = MINIMAL.replace("token = \"s3cret-token\"", "token_file = \"token\"");
+        let c = Config::from_toml(&text, Path::new("/elsewhere"), &env).unwrap();
+        assert_eq!(
+            c.accounts[0].credentials.token.expose_secret(),
+            "from-credentials"
+        );
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let env = MapEnv(HashMap::from([
+            (
+                "SESSION_SYNC_DATABASE_URL",
+                "postgres://u:p@h/db".to_owned(),
+            ),
+            ("SESSION_SYNC_USERNAME", "env-user".to_owned()),
+            ("SESSION_SYNC_TOKEN", "env-token".to_owned()),
+        ]));
+        let c = Config::from_toml(MINIMAL, Path::new("."), &env).unwrap();
+        assert_eq!(c.database_url.backend().unwrap(), Backend::Postgres);
+        assert_eq!(c.accounts[0].credentials.username, "env-user");
+        assert_eq!(c.accounts[0].credentials.token.expose_secret(), "env-token");
+    }
+
+    #[test]
+    fn per_account_credentials_and_cron_override_the_defaults() {
+        let text = format!(
+            "{MINIMAL}\n[[accounts]]\ncustomer_id = 43\nsub_account_id = 7\nusername = \"other\"\ntoken = \"t2\"\ncron = \"*/10 * * * * *\"\n"
+        );
+        let c = Config::from_toml(&text, Path::new("."), &no_env()).unwrap();
+        assert_eq!(c.accounts[1].credentials.username, "other");
+        assert_eq!(c.accounts[1].credentials.token.expose_secret(), "t2");
+        assert_eq!(c.accounts[1].cron, "*/10 * * * * *");
+        assert_eq!(c.accounts[0].credentials.username, "acme");
+    }
+
+    #[test]
+    fn secrets_never_reach_the_summary_or_debug_output() {
+        let text = MINIMAL.to_owned() + "\n";
+        let env = MapEnv(HashMap::from([(
+            "SESSION_SYNC_DATABASE_URL",
+            "postgres://user:db-password@host/db".to_owned(),
+        )]));
+        let c = Config::from_toml(&text, Path::new("."), &env).unwrap();
+        for shown in [c.redacted_summary(), format!("{c:?}")] {
+            assert!(!shown.contains("s3cret-token"), "{shown}");
+            assert!(!shown.contains("db-password"), "{shown}");
+            assert!(shown.contains("REDACTED"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn duplicate_accounts_are_refused() {
+        let e = err_of(&format!("{MINIMAL}\n[[accounts]]\ncustomer_id = 42\n"));
+        assert!(e.starts_with("accounts[1].customer_id"), "{e}");
+    }
+
+    #[test]
+    fn select_accounts_filters_by_customer_and_sub_account() {
+        let text = format!(
+            "{MINIMAL}\n[[accounts]]\ncustomer_id = 42\nsub_account_id = 7\n[[accounts]]\ncustomer_id = 5\n"
+        );
+        let c = Config::from_toml(&text, Path::new("."), &no_env()).unwrap();
+        assert_eq!(c.select_accounts(None, None).len(), 3);
+        assert_eq!(c.select_accounts(Some(42), None).len(), 2);
+        let one = c.select_accounts(Some(42), Some(7));
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].sub_account_id, Some(7));
+        assert!(c.select_accounts(Some(99), None).is_empty());
+    }
+}

@@ -1,0 +1,124 @@
+//! The daemon: every account on its cron schedule until asked to stop.
+//!
+//! tokio-cron-scheduler fires the ticks; everything it lacks is here:
+//! - a tick only *starts* a run (spawned onto a [`TaskTracker`]) and returns at once, so a slow
+//!   run never delays the scheduler nor another account's ticks;
+//! - a run of an account never overlaps the previous run of the same account: a tick that
+//!   finds it still running is skipped (and says so at debug level);
+//! - at most `max_concurrent` runs proceed at once (a semaphore);
+//! - on shutdown no new run starts, running ones get `shutdown_grace` to finish, and those
+//!   still going are cancelled: their staged snapshot is dropped and the run is `abandoned`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, Semaphore};
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::sync::{sync_account, Account, SyncContext};
+
+/// Runs the schedule until `shutdown` completes, then drains. Returns an error only when the
+/// scheduler itself cannot be set up.
+pub async fn run(
+    config: &Config,
+    ctx: SyncContext,
+    accounts: Vec<Account>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let ctx = Arc::new(ctx);
+    let semaphore = Arc::new(Semaphore::new(config.schedule.max_concurrent));
+    let tracker = TaskTracker::new();
+    let stop_starting = CancellationToken::new();
+    let abort_running = CancellationToken::new();
+
+    let scheduler = JobScheduler::new().await?;
+    for account in accounts {
+        let account = Arc::new(account);
+        let in_flight = Arc::new(Mutex::new(()));
+        let (ctx, semaphore, tracker, stop_starting, abort_running) = (
+            ctx.clone(),
+            semaphore.clone(),
+            tracker.clone(),
+            stop_starting.clone(),
+            abort_running.clone(),
+        );
+        let cron = account.config.cron.clone();
+        let job = Job::new_async(cron.as_str(), move |_id, _scheduler| {
+            let (account, in_flight, ctx, semaphore, tracker, stop_starting, abort_running) = (
+                account.clone(),
+                in_flight.clone(),
+                ctx.clone(),
+                semaphore.clone(),
+                tracker.clone(),
+                stop_starting.clone(),
+                abort_running.clone(),
+            );
+            Box::pin(async move {
+                if stop_starting.is_cancelled() {
+                    return;
+                }
+                let Ok(guard) = in_flight.try_lock_owned() else {
+                    tracing::debug!(account = %account.label, "previous run still going; skipping this tick");
+                    return;
+                };
+                tracker.spawn(async move {
+                    let _guard = guard;
+                    let permit = tokio::select! {
+                        permit = semaphore.acquire_owned() => permit,
+                        () = stop_starting.cancelled() => return,
+                    };
+                    let Ok(_permit) = permit else { return };
+                    // Errors are logged and recorded by sync_account itself.
+                    let _ = sync_account(&ctx, &account, &abort_running).await;
+                });
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("cron {cron:?}: {e}"))?;
+        scheduler.add(job).await?;
+    }
+    scheduler.start().await?;
+    tracing::info!("scheduler started");
+
+    shutdown.await;
+    tracing::info!(
+        grace_secs = config.schedule.shutdown_grace.as_secs(),
+        "stopping: no new runs start; waiting for running ones"
+    );
+    stop_starting.cancel();
+    let mut scheduler = scheduler;
+    if let Err(e) = scheduler.shutdown().await {
+        tracing::warn!(error = %e, "the scheduler did not shut down cleanly");
+    }
+    tracker.close();
+    if tokio::time::timeout(config.schedule.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over: rolling back the runs still going");
+        abort_running.cancel();
+        tracker.wait().await;
+    }
+    ctx.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

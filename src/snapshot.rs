@@ -1,0 +1,429 @@
+//! Reading one snapshot: the vendor's CSV of open sessions, streamed record by record.
+//!
+//! What the file may look like is in `vendor-api.md`: a header naming `source` (or `origem`,
+//! `origin`) and `session_created_at` in any case, with a UTF-8 BOM and spaces tolerated;
+//! `,` or `;` as delimiter (detected from the header line); CRLF or LF; quoted fields; extra
+//! columns ignored. A file without a header, or whose header lacks the two columns (an HTML
+//! error page, say), is not a snapshot: [`SnapshotReader::open`] fails and the run fails.
+//!
+//! Past the header, every record is either a [`SessionKey`] or a [`Rejection`] with its
+//! 1-based line number (the header is line 1) and the reason; the caller decides whether the
+//! snapshot can still be trusted. Memory stays flat: one record buffer is reused throughout.
+
+use std::fmt;
+
+use chrono_tz::Tz;
+use csv_async::{AsyncReader, AsyncReaderBuilder, ByteRecord};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+use crate::timestamp::{parse_timestamp, Timestamp};
+
+/// The longest header line accepted; anything longer is not the vendor's two-column file.
+pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// How much of a rejected record is kept in `rejected_rows.raw_record`.
+pub const MAX_RAW_RECORD_BYTES: usize = 1024;
+
+const SOURCE_NAMES: [&str; 3] = ["source", "origem", "origin"];
+const CREATED_NAME: &str = "session_created_at";
+
+/// Why a body is not a snapshot at all. A run that meets one of these fails.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("the file is empty: not even a header line (a snapshot of no sessions still has its header)")]
+    Empty,
+    #[error("the header line is longer than {MAX_HEADER_BYTES} bytes: not a session CSV")]
+    HeaderTooLong,
+    #[error("the header has no {missing} column (header seen: {seen:?}): not a session CSV")]
+    MissingColumns { missing: &'static str, seen: String },
+    #[error("reading the file failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("reading the file failed: {0}")]
+    Csv(#[from] csv_async::Error),
+}
+
+/// A phone number as stored: 8 to 15 ASCII digits, held inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PhoneNumber {
+    len: u8,
+    digits: [u8; 15],
+}
+
+impl PhoneNumber {
+    /// Strips `+`, spaces and dashes (and surrounding whitespace); what is left must be 8 to 15
+    /// digits.
+    pub fn parse(raw: &[u8]) -> Result<PhoneNumber, &'static str> {
+        let mut digits = [0u8; 15];
+        let mut len = 0usize;
+        for &c in raw.trim_ascii() {
+            match c {
+                b'+' | b' ' | b'-' => {}
+                b'0'..=b'9' => {
+                    if len == digits.len() {
+                        return Err("number has more than 15 digits");
+                    }
+                    digits[len] = c;
+                    len += 1;
+                }
+                _ => return Err("number holds a character other than digits, '+', ' ' or '-'"),
+            }
+        }
+        match len {
+            0 => Err("number is empty"),
+            1..=7 => Err("number has fewer than 8 digits"),
+            _ => Ok(PhoneNumber {
+                len: len as u8,
+                digits,
+            }),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits are ever stored.
+        std::str::from_utf8(&self.digits[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What identifies a session within an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    pub source: PhoneNumber,
+    pub created_at: Timestamp,
+}
+
+/// A record that could not be used, for `rejected_rows`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub line_number: u64,
+    pub raw_record: String,
+    pub reason: String,
+}
+
+/// One data record of the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Row {
+    Session(SessionKey),
+    Rejected(Rejection),
+}
+
+/// Streams the records of one snapshot.
+pub struct SnapshotReader<R> {
+    csv: AsyncReader<HeaderThenRest<R>>,
+    record: ByteRecord,
+    source_idx: usize,
+    created_idx: usize,
+    delimiter: u8,
+    tz: Tz,
+}
+
+type HeaderThenRest<R> = tokio::io::Chain<std::io::Cursor<Vec<u8>>, BufReader<R>>;
+
+impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
+    /// Reads the header line, picks the delimiter and finds the two columns.
+    pub async fn open(reader: R, tz: Tz) -> Result<Self, SnapshotError> {
+        let mut reader = BufReader::with_capacity(64 * 1024, reader);
+        let mut header = Vec::new();
+        (&mut reader)
+            .take(MAX_HEADER_BYTES + 1)
+            .read_until(b'\n', &mut header)
+            .await?;
+        if header.len() as u64 > MAX_HEADER_BYTES {
+            return Err(SnapshotError::HeaderTooLong);
+        }
+        if header.is_empty() {
+            return Err(SnapshotError::Empty);
+        }
+        if let Some(rest) = header.strip_prefix(b"\xEF\xBB\xBF") {
+            header = rest.to_vec();
+        }
+        let delimiter = detect_delimiter(&header);
+        let mut csv = AsyncReaderBuilder::new()
+            .delimiter(delimiter)
+            .flexible(true)
+            .has_headers(true)
+            .create_reader(std::io::Cursor::new(header).chain(reader));
+        let headers = csv.byte_headers().await?.clone();
+        let find = |names: &[&str]| {
+            headers.iter().position(|h| {
+                let h = String::from_utf8_lossy(h);
+                let h = h.trim();
+                names.iter().any(|n| h.eq_ignore_ascii_case(n))
+            })
+        };
+        let seen = || truncate_lossy(&join_fields(&headers, delimiter), 200);
+        let source_idx = find(&SOURCE_NAMES).ok_or_else(|| SnapshotError::MissingColumns {
+            missing: "source (or origem/origin)",
+            seen: seen(),
+        })?;
+        let created_idx = find(&[CREATED_NAME]).ok_or_else(|| SnapshotError::MissingColumns {
+            missing: "session_created_at",
+            seen: seen(),
+        })?;
+        Ok(SnapshotReader {
+            csv,
+            record: ByteRecord::new(),
+            source_idx,
+            created_idx,
+            delimiter,
+            tz,
+        })
+    }
+
+    /// The next data record, or `None` at the end of the file.
+    pub async fn next_row(&mut self) -> Result<Option<Row>, SnapshotError> {
+        if !self.csv.read_byte_record(&mut self.record).await? {
+            return Ok(None);
+        }
+        let line_number = self.record.position().map_or(0, |p| p.line());
+        Ok(Some(match self.classify() {
+            Ok(key) => Row::Session(key),
+            Err(reason) => Row::Rejected(Rejection {
+                line_number,
+                raw_record: truncate_lossy(
+                    &join_fields(&self.record, self.delimiter),
+                    MAX_RAW_RECORD_BYTES,
+                ),
+                reason,
+            }),
+        }))
+    }
+
+    fn classify(&self) -> Result<SessionKey, String> {
+        let (Some(source), Some(created)) = (
+            self.record.get(self.source_idx),
+            self.record.get(self.created_idx),
+        ) else {
+            return Err(format!(
+                "record has {} fields; the header names {}",
+                self.record.len(),
+                self.source_idx.max(self.created_idx) + 1
+            ));
+        };
+        let source = PhoneNumber::parse(source).map_err(str::to_owned)?;
+        let created = std::str::from_utf8(created)
+            .map_err(|_| "session_created_at is not valid UTF-8".to_owned())?;
+        let created_at =
+            parse_timestamp(created, self.tz).map_err(|e| format!("session_created_at: {e}"))?;
+        Ok(SessionKey { source, created_at })
+    }
+}
+
+/// `;` when the header line has more semicolons than commas outside quotes, else `,`.
+fn detect_delimiter(header: &[u8]) -> u8 {
+    let (mut commas, mut semicolons, mut quoted) = (0usize, 0usize, false);
+    for &c in header {
+        match c {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => commas += 1,
+            b';' if !quoted => semicolons += 1,
+            _ => {}
+        }
+    }
+    if semicolons > commas {
+        b';'
+    } else {
+        b','
+    }
+}
+
+/// The record written back as one CSV line, quoting where needed.
+fn join_fields(record: &ByteRecord, delimiter: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, field) in record.iter().enumerate() {
+        if i > 0 {
+            out.push(delimiter);
+        }
+        if field
+            .iter()
+            .any(|&c| c == delimiter || c == b'"' || c == b'\n' || c == b'\r')
+        {
+            out.push(b'"');
+            for &c in field {
+                if c == b'"' {
+                    out.push(b'"');
+                }
+                out.push(c);
+            }
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(field);
+        }
+        if out.len() > MAX_RAW_RECORD_BYTES * 4 {
+            break;
+        }
+    }
+    out
+}
+
+/// Text that every database accepts: invalid UTF-8 and NUL become U+FFFD; cut at a char
+/// boundary after `max` bytes, saying how much was cut.
+fn truncate_lossy(bytes: &[u8], max: usize) -> String {
+    let cut = bytes.len() > max;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).replace('\0', "\u{FFFD}");
+    if cut {
+        format!("{text}…[truncated]")
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_all(body: &[u8]) -> Result<Vec<Row>, SnapshotError> {
+        let mut r = SnapshotReader::open(body, Tz::UTC).await?;
+        let mut rows = Vec::new();
+        while let Some(row) = r.next_row().await? {
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    fn session(source: &str, created: &str) -> Row {
+        Row::Session(SessionKey {
+            source: PhoneNumber::parse(source.as_bytes()).unwrap(),
+            created_at: Timestamp::parse_iso(created).unwrap(),
+        })
+    }
+
+    #[tokio::test]
+    async fn reads_the_documented_layout() {
+        let rows = read_all(
+            b"source,session_created_at\n5519900000000,2017-12-18T17:09:31.473Z\n5519900000001,1513616971473\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                session("5519900000000", "2017-12-18T17:09:31.473Z"),
+                session("5519900000001", "2017-12-18T17:09:31.473Z"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn tolerates_bom_aliases_semicolons_crlf_quotes_and_extra_columns() {
+        let body = b"\xEF\xBB\xBF extra ; ORIGEM ;Session_Created_At\r\nx;\"+55 19 9000-00000\";\"2017-12-18 17:09:31.473\"\r\n";
+        let rows = read_all(body).await.unwrap();
+        assert_eq!(
+            rows,
+            vec![session("5519900000000", "2017-12-18T17:09:31.473Z")]
+        );
+        let rows = read_all(b"origin,session_created_at\n5519900000000,2017-12-18T17:09:31Z")
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![session("5519900000000", "2017-12-18T17:09:31.000Z")]
+        );
+    }
+
+    #[tokio::test]
+    async fn header_only_is_a_snapshot_of_nothing() {
+        assert_eq!(
+            read_all(b"source,session_created_at\n").await.unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            read_all(b"source,session_created_at").await.unwrap(),
+            vec![]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_a_session_csv_is_refused_whole() {
+        assert!(matches!(read_all(b"").await, Err(SnapshotError::Empty)));
+        let html = b"<!DOCTYPE html><html><body>Service Unavailable</body></html>\n";
+        assert!(matches!(
+            read_all(html).await,
+            Err(SnapshotError::MissingColumns { .. })
+        ));
+        assert!(matches!(
+            read_all(b"source,created\n5519900000000,x\n").await,
+            Err(SnapshotError::MissingColumns {
+                missing: "session_created_at",
+                ..
+            })
+        ));
+        let long = vec![b'a'; MAX_HEADER_BYTES as usize + 10];
+        assert!(matches!(
+            read_all(&long).await,
+            Err(SnapshotError::HeaderTooLong)
+        ));
+    }
+
+    #[tokio::test]
+    async fn bad_records_are_rejected_with_line_number_and_reason() {
+        let body = b"source,session_created_at\n\
+            5519900000000,2017-12-18T17:09:31.473Z\n\
+            55199abc00000,2017-12-18T17:09:31.473Z\n\
+            1234567,2017-12-18T17:09:31.473Z\n\
+            \"5519900000002\",\"multi\nline\"\n\
+            5519900000003\n\
+            5519900000004,2017-12-18T17:09:31\0Z\n";
+        let rows = read_all(body).await.unwrap();
+        let rejected: Vec<(u64, &str)> = rows
+            .iter()
+            .filter_map(|r| match r {
+                Row::Rejected(r) => Some((r.line_number, r.reason.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rows.len(), 6);
+        assert_eq!(rejected.len(), 5, "{rejected:?}");
+        assert_eq!(rejected[0].0, 3);
+        assert!(rejected[0].1.contains("character other than digits"));
+        assert_eq!(rejected[1], (4, "number has fewer than 8 digits"));
+        assert_eq!(rejected[2].0, 5);
+        assert!(rejected[2].1.starts_with("session_created_at"));
+        // The quoted field spanned two lines, so the next record starts on line 7.
+        assert_eq!(rejected[3].0, 7);
+        assert!(rejected[3].1.contains("fields"));
+        assert_eq!(rejected[4].0, 8);
+        let Row::Rejected(nul) = &rows[5] else {
+            panic!()
+        };
+        assert!(!nul.raw_record.contains('\0'));
+    }
+
+    #[test]
+    fn phone_numbers_are_normalised_to_digits() {
+        assert_eq!(
+            PhoneNumber::parse(b" +55 19-90000 0000 ").unwrap().as_str(),
+            "5519900000000"
+        );
+        assert_eq!(
+            PhoneNumber::parse(b"12345678").unwrap().as_str(),
+            "12345678"
+        );
+        assert_eq!(
+            PhoneNumber::parse(b"123456789012345").unwrap().as_str(),
+            "123456789012345"
+        );
+        assert!(PhoneNumber::parse(b"1234567890123456").is_err());
+        assert!(PhoneNumber::parse(b"1234567").is_err());
+        assert!(PhoneNumber::parse(b"").is_err());
+        assert!(PhoneNumber::parse(b"5519'; DROP TABLE sessions;--").is_err());
+    }
+
+    #[test]
+    fn raw_records_are_cut_and_cleaned_for_storage() {
+        let long = vec![b'9'; 5000];
+        let t = truncate_lossy(&long, MAX_RAW_RECORD_BYTES);
+        assert!(t.len() < 1100 && t.ends_with("[truncated]"));
+        assert_eq!(truncate_lossy(b"a\0b\xff", 100), "a\u{FFFD}b\u{FFFD}");
+    }
+}

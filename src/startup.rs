@@ -1,0 +1,40 @@
+//! From a validated [`Config`] to a ready [`SyncContext`]: connect, migrate, register the
+//! accounts. Shared by `run`, `sync`, `migrate` and the demo.
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::sync::{Account, SyncContext};
+use crate::vendor::VendorClient;
+
+/// Opens the store named by the config and applies its migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    // Each running sync holds one connection for its staging area; two more serve the rest.
+    let max_connections = u32::try_from(config.schedule.max_concurrent + 2).unwrap_or(u32::MAX);
+    let store = Store::connect(&config.database_url, max_connections)
+        .await
+        .with_context(|| format!("database {}", config.database_url))?;
+    store
+        .migrate()
+        .await
+        .with_context(|| format!("database {}", config.database_url))?;
+    Ok(store)
+}
+
+/// Everything a sync needs, with the configured accounts registered.
+pub async fn prepare(config: &Config) -> anyhow::Result<(SyncContext, Vec<Account>)> {
+    let store = open_store(config).await?;
+    let vendor = VendorClient::new(&config.api, config.sync.max_download_bytes)
+        .context("building the HTTP client")?;
+    let ctx = SyncContext {
+        store,
+        vendor,
+        settings: config.sync.clone(),
+    };
+    let accounts = ctx
+        .register(&config.accounts)
+        .await
+        .context("registering the configured accounts")?;
+    Ok((ctx, accounts))
+}

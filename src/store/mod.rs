@@ -1,0 +1,270 @@
+//! Where the history is kept: SQLite or PostgreSQL, chosen by the database URL's scheme.
+//!
+//! The sync logic talks to [`Store`] and [`Staging`] only; all dialect SQL lives in
+//! `sqlite.rs` and `postgres.rs`, each with its own embedded `migrations/<backend>/`.
+//!
+//! A snapshot is applied in two phases so that nothing partial ever lands:
+//! 1. [`Store::stage`] gives a [`Staging`] bound to one connection, whose private temporary
+//!    tables receive the snapshot's sessions and rejected records as they stream in. Nothing
+//!    outside the connection sees them; a crash or a dropped future loses them with it.
+//! 2. [`Staging::apply`] (or [`Staging::fail`]) runs one transaction that turns the staged
+//!    rows into history with a few set-based statements, stores the rejected records and
+//!    marks the run finished. The run's status and the sessions it changed commit together.
+
+mod postgres;
+mod sqlite;
+
+use crate::config::{AccountConfig, Backend, DatabaseUrl};
+use crate::snapshot::{Rejection, SessionKey};
+use crate::timestamp::Timestamp;
+
+/// A database failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {source}")]
+pub struct StoreError {
+    action: &'static str,
+    #[source]
+    source: sqlx::Error,
+}
+
+impl StoreError {
+    fn wrap(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+        move |source| StoreError { action, source }
+    }
+}
+
+/// Lets a `sqlx` result say what it was doing: `.doing("recording the run")?`.
+trait Doing<T> {
+    fn doing(self, action: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Doing<T> for Result<T, sqlx::Error> {
+    fn doing(self, action: &'static str) -> Result<T, StoreError> {
+        self.map_err(StoreError::wrap(action))
+    }
+}
+
+impl<T> Doing<T> for Result<T, sqlx::migrate::MigrateError> {
+    fn doing(self, action: &'static str) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError {
+            action,
+            source: sqlx::Error::Migrate(Box::new(e)),
+        })
+    }
+}
+
+/// `accounts.id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AccountId(pub i64);
+
+/// `sync_runs.id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RunId(pub i64);
+
+/// What a run read from its file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadCounts {
+    pub rows_read: u64,
+    pub rows_rejected: u64,
+}
+
+/// What applying a snapshot changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyCounts {
+    pub sessions_new: u64,
+    pub sessions_reopened: u64,
+    pub sessions_closed: u64,
+}
+
+/// Everything [`Staging::apply`] needs to know about the run.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyParams {
+    pub account: AccountId,
+    pub run: RunId,
+    /// Stamped on new sessions (`first_seen_at`) and on closed ones (`closed_at`).
+    pub run_started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub session_window_hours: u32,
+    pub counts: ReadCounts,
+}
+
+/// The message left on runs that a crash or a shutdown cut short.
+pub const ABANDONED_BY_CRASH: &str =
+    "abandoned: found still running when the next run of this account started (the process died)";
+
+/// One backend or the other; every method dispatches to the backend's own file.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PostgresStore),
+}
+
+/// A snapshot being staged on one connection; see the module documentation.
+pub enum Staging {
+    Sqlite(sqlite::SqliteStaging),
+    Postgres(postgres::PostgresStaging),
+}
+
+macro_rules! dispatch {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            Store::Sqlite($s) => $body,
+            Store::Postgres($s) => $body,
+        }
+    };
+}
+
+macro_rules! dispatch_staging {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            Staging::Sqlite($s) => $body,
+            Staging::Postgres($s) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Opens a pool of at most `max_connections` (the SQLite file is created if missing).
+    pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<Store, StoreError> {
+        match url.backend().map_err(|e| StoreError {
+            action: "reading database_url",
+            source: sqlx::Error::Configuration(e.to_string().into()),
+        })? {
+            Backend::Sqlite => Ok(Store::Sqlite(
+                sqlite::SqliteStore::connect(url.expose(), max_connections).await?,
+            )),
+            Backend::Postgres => Ok(Store::Postgres(
+                postgres::PostgresStore::connect(url.expose(), max_connections).await?,
+            )),
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Store::Sqlite(_) => Backend::Sqlite,
+            Store::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies the embedded migrations of this backend.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.migrate().await)
+    }
+
+    /// Finds or creates the account's row, keeping its name up to date.
+    pub async fn ensure_account(&self, account: &AccountConfig) -> Result<AccountId, StoreError> {
+        dispatch!(self, s => s.ensure_account(account).await)
+    }
+
+    /// Marks runs of this account still `running` as `abandoned` (a crashed process left them;
+    /// runs of one account never overlap) and records a new `running` run.
+    pub async fn start_run(
+        &self,
+        account: AccountId,
+        started_at: Timestamp,
+    ) -> Result<RunId, StoreError> {
+        dispatch!(self, s => s.start_run(account, started_at).await)
+    }
+
+    /// Marks a run `failed` (or `abandoned`) with its error; no session changes.
+    pub async fn finish_run_unapplied(
+        &self,
+        run: RunId,
+        status: RunStatus,
+        finished_at: Timestamp,
+        error: &str,
+        counts: ReadCounts,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.finish_run_unapplied(run, status, finished_at, error, counts).await)
+    }
+
+    /// Opens a staging area for one run's snapshot.
+    pub async fn stage(&self) -> Result<Staging, StoreError> {
+        Ok(match self {
+            Store::Sqlite(s) => Staging::Sqlite(s.stage().await?),
+            Store::Postgres(s) => Staging::Postgres(s.stage().await?),
+        })
+    }
+
+    /// Per-account figures for the demo and for operators' summaries.
+    pub async fn account_summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
+        dispatch!(self, s => s.account_summaries().await)
+    }
+
+    pub async fn close(&self) {
+        dispatch!(self, s => s.close().await)
+    }
+}
+
+impl Staging {
+    pub async fn add_session(&mut self, key: &SessionKey) -> Result<(), StoreError> {
+        dispatch_staging!(self, s => s.add_session(key).await)
+    }
+
+    pub async fn add_rejected(&mut self, rejection: &Rejection) -> Result<(), StoreError> {
+        dispatch_staging!(self, s => s.add_rejected(rejection).await)
+    }
+
+    /// In one transaction: closes the account's open sessions that the snapshot does not list,
+    /// re-opens closed ones it lists again, inserts new ones, stores the rejected records and
+    /// marks the run `succeeded`.
+    pub async fn apply(self, params: ApplyParams) -> Result<ApplyCounts, StoreError> {
+        dispatch_staging!(self, s => s.apply(params).await)
+    }
+
+    /// In one transaction: stores the rejected records and marks the run `failed` (or
+    /// `abandoned`). No session changes.
+    pub async fn fail(
+        self,
+        run: RunId,
+        status: RunStatus,
+        finished_at: Timestamp,
+        error: &str,
+        counts: ReadCounts,
+    ) -> Result<(), StoreError> {
+        dispatch_staging!(self, s => s.fail(run, status, finished_at, error, counts).await)
+    }
+}
+
+/// The terminal states a run that changed nothing can end in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Failed,
+    Abandoned,
+}
+
+impl RunStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Failed => "failed",
+            RunStatus::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// One account's figures, as the demo prints them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSummary {
+    pub customer_id: i64,
+    pub sub_account_id: Option<i64>,
+    pub name: Option<String>,
+    pub sessions_open: i64,
+    pub sessions_closed: i64,
+    pub runs_succeeded: i64,
+    pub runs_failed: i64,
+}
+
+/// How many (source, created_at) pairs go into one multi-row statement: 2 binds each, far
+/// below SQLite's 32766 and PostgreSQL's 65535 bind limits.
+const BATCH_ROWS: usize = 500;
+/// Rejected records per multi-row statement (4 binds each).
+const REJECT_BATCH_ROWS: usize = 250;
+
+/// Dialect-neutral: both backends run it as is.
+const ACCOUNT_SUMMARY_SQL: &str = "\
+    SELECT a.customer_id, a.sub_account_id, a.name, \
+        (SELECT count(*) FROM sessions s WHERE s.account_id = a.id AND s.closed_at IS NULL), \
+        (SELECT count(*) FROM sessions s WHERE s.account_id = a.id AND s.closed_at IS NOT NULL), \
+        (SELECT count(*) FROM sync_runs r WHERE r.account_id = a.id AND r.status = 'succeeded'), \
+        (SELECT count(*) FROM sync_runs r WHERE r.account_id = a.id AND r.status = 'failed') \
+    FROM accounts a ORDER BY a.customer_id, a.sub_account_id";

@@ -1,0 +1,412 @@
+//! The PostgreSQL store: shared, for teams and for several instances.
+//!
+//! Snapshots are staged with `COPY` into session-private temporary tables (created once per
+//! connection, emptied per run, so frequent polls do not churn the catalog) and applied with
+//! set-based statements in one transaction.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor, Postgres, Row};
+
+use super::{
+    AccountId, AccountSummary, ApplyCounts, ApplyParams, Doing, ReadCounts, RunId, RunStatus,
+    StoreError, ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
+};
+use crate::config::AccountConfig;
+use crate::snapshot::{Rejection, SessionKey};
+use crate::timestamp::Timestamp;
+
+/// Bytes of COPY data sent per round trip.
+const COPY_CHUNK_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn tz(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
+    t.to_chrono()
+}
+
+impl PostgresStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .doing("reading the PostgreSQL database URL")?
+            .application_name("session-sync");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .doing("connecting to PostgreSQL")?;
+        Ok(PostgresStore { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await
+            .doing("applying PostgreSQL migrations")
+    }
+
+    pub async fn ensure_account(&self, a: &AccountConfig) -> Result<AccountId, StoreError> {
+        let sql = if a.sub_account_id.is_some() {
+            "INSERT INTO accounts (customer_id, sub_account_id, name) VALUES ($1, $2, $3) \
+             ON CONFLICT (customer_id, sub_account_id) WHERE sub_account_id IS NOT NULL \
+             DO UPDATE SET name = excluded.name RETURNING id"
+        } else {
+            "INSERT INTO accounts (customer_id, sub_account_id, name) VALUES ($1, $2, $3) \
+             ON CONFLICT (customer_id) WHERE sub_account_id IS NULL \
+             DO UPDATE SET name = excluded.name RETURNING id"
+        };
+        let id: i64 = sqlx::query_scalar(sql)
+            .bind(a.customer_id)
+            .bind(a.sub_account_id)
+            .bind(a.name.as_deref())
+            .fetch_one(&self.pool)
+            .await
+            .doing("recording the account")?;
+        Ok(AccountId(id))
+    }
+
+    pub async fn start_run(
+        &self,
+        account: AccountId,
+        started_at: Timestamp,
+    ) -> Result<RunId, StoreError> {
+        let mut tx = self.pool.begin().await.doing("starting the run")?;
+        sqlx::query(
+            "UPDATE sync_runs SET status = 'abandoned', finished_at = $1, error = $2 \
+             WHERE account_id = $3 AND status = 'running'",
+        )
+        .bind(tz(started_at))
+        .bind(ABANDONED_BY_CRASH)
+        .bind(account.0)
+        .execute(&mut *tx)
+        .await
+        .doing("marking crashed runs abandoned")?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO sync_runs (account_id, started_at, status) VALUES ($1, $2, 'running') \
+             RETURNING id",
+        )
+        .bind(account.0)
+        .bind(tz(started_at))
+        .fetch_one(&mut *tx)
+        .await
+        .doing("recording the run")?;
+        tx.commit().await.doing("recording the run")?;
+        Ok(RunId(id))
+    }
+
+    pub async fn finish_run_unapplied(
+        &self,
+        run: RunId,
+        status: RunStatus,
+        finished_at: Timestamp,
+        error: &str,
+        counts: ReadCounts,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.doing("recording the failure")?;
+        finish_unapplied(&mut conn, run, status, finished_at, error, counts).await
+    }
+
+    pub async fn stage(&self) -> Result<PostgresStaging, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .doing("opening the staging area")?;
+        (&mut *conn)
+            .execute(
+                "CREATE TEMP TABLE IF NOT EXISTS staging_sessions \
+                     (source text NOT NULL, created_at timestamptz NOT NULL);
+                 CREATE TEMP TABLE IF NOT EXISTS staging_rejected \
+                     (line_number bigint NOT NULL, raw_record text NOT NULL, reason text NOT NULL);
+                 TRUNCATE staging_sessions, staging_rejected;",
+            )
+            .await
+            .doing("opening the staging area")?;
+        Ok(PostgresStaging {
+            conn,
+            copy: Vec::with_capacity(COPY_CHUNK_BYTES + 64),
+            rejected: Vec::new(),
+        })
+    }
+
+    pub async fn account_summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
+        let rows = sqlx::query(super::ACCOUNT_SUMMARY_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .doing("reading account summaries")?;
+        Ok(rows
+            .iter()
+            .map(|r| AccountSummary {
+                customer_id: r.get(0),
+                sub_account_id: r.get(1),
+                name: r.get(2),
+                sessions_open: r.get(3),
+                sessions_closed: r.get(4),
+                runs_succeeded: r.get(5),
+                runs_failed: r.get(6),
+            })
+            .collect())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The pool, for tests and for read-only commands.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn finish_unapplied(
+    conn: &mut sqlx::PgConnection,
+    run: RunId,
+    status: RunStatus,
+    finished_at: Timestamp,
+    error: &str,
+    counts: ReadCounts,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sync_runs SET status = $1, finished_at = $2, error = $3, rows_read = $4, \
+         rows_rejected = $5 WHERE id = $6 AND status = 'running'",
+    )
+    .bind(status.as_str())
+    .bind(tz(finished_at))
+    .bind(error)
+    .bind(counts.rows_read as i64)
+    .bind(counts.rows_rejected as i64)
+    .bind(run.0)
+    .execute(conn)
+    .await
+    .doing("recording the failure")?;
+    Ok(())
+}
+
+/// One run's snapshot, staged in the connection's temporary tables.
+pub struct PostgresStaging {
+    conn: PoolConnection<Postgres>,
+    /// COPY text format: `source \t created_at \n`; both are plain ASCII without tabs,
+    /// newlines or backslashes, so they need no escaping.
+    copy: Vec<u8>,
+    rejected: Vec<Rejection>,
+}
+
+impl PostgresStaging {
+    pub async fn add_session(&mut self, key: &SessionKey) -> Result<(), StoreError> {
+        let mut created = [0u8; 24];
+        key.created_at.write_iso(&mut created);
+        self.copy.extend_from_slice(key.source.as_str().as_bytes());
+        self.copy.push(b'\t');
+        self.copy.extend_from_slice(&created);
+        self.copy.push(b'\n');
+        if self.copy.len() >= COPY_CHUNK_BYTES {
+            self.flush_sessions().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn add_rejected(&mut self, rejection: &Rejection) -> Result<(), StoreError> {
+        self.rejected.push(rejection.clone());
+        if self.rejected.len() == REJECT_BATCH_ROWS {
+            self.flush_rejected().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_sessions(&mut self) -> Result<(), StoreError> {
+        if self.copy.is_empty() {
+            return Ok(());
+        }
+        let mut copy = self
+            .conn
+            .copy_in_raw("COPY staging_sessions (source, created_at) FROM STDIN")
+            .await
+            .doing("staging the snapshot")?;
+        copy.send(self.copy.as_slice())
+            .await
+            .doing("staging the snapshot")?;
+        copy.finish().await.doing("staging the snapshot")?;
+        self.copy.clear();
+        Ok(())
+    }
+
+    async fn flush_rejected(&mut self) -> Result<(), StoreError> {
+        if self.rejected.is_empty() {
+            return Ok(());
+        }
+        let lines: Vec<i64> = self.rejected.iter().map(|r| r.line_number as i64).collect();
+        let raws: Vec<&str> = self
+            .rejected
+            .iter()
+            .map(|r| r.raw_record.as_str())
+            .collect();
+        let reasons: Vec<&str> = self.rejected.iter().map(|r| r.reason.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO staging_rejected (line_number, raw_record, reason) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[])",
+        )
+        .bind(&lines)
+        .bind(&raws)
+        .bind(&reasons)
+        .execute(&mut *self.conn)
+        .await
+        .doing("staging rejected records")?;
+        self.rejected.clear();
+        Ok(())
+    }
+
+    pub async fn apply(mut self, p: ApplyParams) -> Result<ApplyCounts, StoreError> {
+        let result = self.apply_inner(p).await;
+        self.finish(result.is_ok()).await;
+        result
+    }
+
+    async fn apply_inner(&mut self, p: ApplyParams) -> Result<ApplyCounts, StoreError> {
+        self.flush_sessions().await?;
+        self.flush_rejected().await?;
+        // Temporary tables are never analysed by autovacuum; without statistics the planner
+        // may pick a nested loop over a million rows.
+        sqlx::query("ANALYZE staging_sessions")
+            .execute(&mut *self.conn)
+            .await
+            .doing("analysing the staged snapshot")?;
+
+        let now = tz(p.run_started_at);
+        let mut tx = self
+            .conn
+            .begin()
+            .await
+            .doing("opening the apply transaction")?;
+        let closed = sqlx::query(
+            "UPDATE sessions s SET closed_at = $1 \
+             WHERE s.account_id = $2 AND s.closed_at IS NULL AND NOT EXISTS ( \
+                 SELECT 1 FROM staging_sessions t \
+                 WHERE t.source = s.source AND t.created_at = s.session_created_at)",
+        )
+        .bind(now)
+        .bind(p.account.0)
+        .execute(&mut *tx)
+        .await
+        .doing("closing sessions the snapshot no longer lists")?
+        .rows_affected();
+        let reopened = sqlx::query(
+            "UPDATE sessions s SET closed_at = NULL FROM staging_sessions t \
+             WHERE s.account_id = $1 AND s.closed_at IS NOT NULL \
+               AND s.source = t.source AND s.session_created_at = t.created_at",
+        )
+        .bind(p.account.0)
+        .execute(&mut *tx)
+        .await
+        .doing("re-opening sessions listed again")?
+        .rows_affected();
+        let new = sqlx::query(
+            "INSERT INTO sessions \
+                 (account_id, source, session_created_at, expires_at, first_seen_at) \
+             SELECT $1, source, created_at, created_at + make_interval(hours => $2), $3 \
+             FROM staging_sessions \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(p.account.0)
+        .bind(i32::try_from(p.session_window_hours).unwrap_or(i32::MAX))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .doing("inserting new sessions")?
+        .rows_affected();
+        sqlx::query(
+            "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
+             SELECT $1, line_number, raw_record, reason FROM staging_rejected \
+             ORDER BY line_number",
+        )
+        .bind(p.run.0)
+        .execute(&mut *tx)
+        .await
+        .doing("recording rejected records")?;
+        let counts = ApplyCounts {
+            sessions_new: new,
+            sessions_reopened: reopened,
+            sessions_closed: closed,
+        };
+        let marked = sqlx::query(
+            "UPDATE sync_runs SET status = 'succeeded', finished_at = $1, rows_read = $2, \
+                 rows_rejected = $3, sessions_new = $4, sessions_reopened = $5, \
+                 sessions_closed = $6, error = NULL \
+             WHERE id = $7 AND status = 'running'",
+        )
+        .bind(tz(p.finished_at))
+        .bind(p.counts.rows_read as i64)
+        .bind(p.counts.rows_rejected as i64)
+        .bind(counts.sessions_new as i64)
+        .bind(counts.sessions_reopened as i64)
+        .bind(counts.sessions_closed as i64)
+        .bind(p.run.0)
+        .execute(&mut *tx)
+        .await
+        .doing("marking the run succeeded")?
+        .rows_affected();
+        if marked != 1 {
+            return Err(StoreError {
+                action: "marking the run succeeded (it is no longer 'running': another process marked it abandoned)",
+                source: sqlx::Error::RowNotFound,
+            });
+        }
+        tx.commit().await.doing("committing the snapshot")?;
+        Ok(counts)
+    }
+
+    pub async fn fail(
+        mut self,
+        run: RunId,
+        status: RunStatus,
+        finished_at: Timestamp,
+        error: &str,
+        counts: ReadCounts,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .fail_inner(run, status, finished_at, error, counts)
+            .await;
+        self.finish(result.is_ok()).await;
+        result
+    }
+
+    async fn fail_inner(
+        &mut self,
+        run: RunId,
+        status: RunStatus,
+        finished_at: Timestamp,
+        error: &str,
+        counts: ReadCounts,
+    ) -> Result<(), StoreError> {
+        self.flush_rejected().await?;
+        let mut tx = self.conn.begin().await.doing("recording the failure")?;
+        sqlx::query(
+            "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
+             SELECT $1, line_number, raw_record, reason FROM staging_rejected \
+             ORDER BY line_number",
+        )
+        .bind(run.0)
+        .execute(&mut *tx)
+        .await
+        .doing("recording rejected records")?;
+        finish_unapplied(&mut tx, run, status, finished_at, error, counts).await?;
+        tx.commit().await.doing("recording the failure")
+    }
+
+    /// Empties the staging tables so the pooled connection does not keep the snapshot; a
+    /// connection that failed is closed instead of being reused.
+    async fn finish(mut self, ok: bool) {
+        let emptied = sqlx::query("TRUNCATE staging_sessions, staging_rejected")
+            .execute(&mut *self.conn)
+            .await;
+        if !ok || emptied.is_err() {
+            self.conn.close_on_drop();
+        }
+    }
+}

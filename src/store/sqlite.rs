@@ -1,0 +1,457 @@
+//! The SQLite store: the embedded default. WAL journal, `BEGIN IMMEDIATE` for every write
+//! transaction (so a writer waits for the lock up front instead of failing half-way), and a
+//! busy timeout long enough for another account's apply to finish.
+//!
+//! Staging happens in the connection's private `temp` schema, which takes no lock on the main
+//! database: other accounts keep writing while this one downloads.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Executor, Row, Sqlite};
+
+use super::{
+    AccountId, AccountSummary, ApplyCounts, ApplyParams, Doing, ReadCounts, RunId, RunStatus,
+    StoreError, ABANDONED_BY_CRASH, BATCH_ROWS, REJECT_BATCH_ROWS,
+};
+use crate::config::AccountConfig;
+use crate::snapshot::{PhoneNumber, Rejection, SessionKey};
+use crate::timestamp::Timestamp;
+
+/// How long a writer waits for another to release the database before its run fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn iso(t: Timestamp) -> String {
+    t.to_iso()
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .doing("reading the SQLite database URL")?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        if let Some(dir) = options.get_filename().parent() {
+            if !dir.as_os_str().is_empty() && !dir.exists() {
+                std::fs::create_dir_all(dir)
+                    .map_err(sqlx::Error::Io)
+                    .doing("creating the SQLite database's directory")?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .connect_with(options)
+            .await
+            .doing("opening the SQLite database")?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.pool)
+            .await
+            .doing("applying SQLite migrations")
+    }
+
+    pub async fn ensure_account(&self, a: &AccountConfig) -> Result<AccountId, StoreError> {
+        let sql = if a.sub_account_id.is_some() {
+            "INSERT INTO accounts (customer_id, sub_account_id, name) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (customer_id, sub_account_id) WHERE sub_account_id IS NOT NULL \
+             DO UPDATE SET name = excluded.name RETURNING id"
+        } else {
+            "INSERT INTO accounts (customer_id, sub_account_id, name) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (customer_id) WHERE sub_account_id IS NULL \
+             DO UPDATE SET name = excluded.name RETURNING id"
+        };
+        let id: i64 = sqlx::query_scalar(sql)
+            .bind(a.customer_id)
+            .bind(a.sub_account_id)
+            .bind(a.name.as_deref())
+            .fetch_one(&self.pool)
+            .await
+            .doing("recording the account")?;
+        Ok(AccountId(id))
+    }
+
+    pub async fn start_run(
+        &self,
+        account: AccountId,
+        started_at: Timestamp,
+    ) -> Result<RunId, StoreError> {
+        let mut conn = self.pool.acquire().await.doing("starting the run")?;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("starting the run")?;
+        sqlx::query(
+            "UPDATE sync_runs SET status = 'abandoned', finished_at = ?1, error = ?2 \
+             WHERE account_id = ?3 AND status = 'running'",
+        )
+        .bind(iso(started_at))
+        .bind(ABANDONED_BY_CRASH)
+        .bind(account.0)
+        .execute(&mut *tx)
+        .await
+        .doing("marking crashed runs abandoned")?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO sync_runs (account_id, started_at, status) VALUES (?1, ?2, 'running') \
+             RETURNING id",
+        )
+        .bind(account.0)
+        .bind(iso(started_at))
+        .fetch_one(&mut *tx)
+        .await
+        .doing("recording the run")?;
+        tx.commit().await.doing("recording the run")?;
+        Ok(RunId(id))
+    }
+
+    pub async fn finish_run_unapplied(
+        &self,
+        run: RunId,
+        status: RunStatus,
+        finished_at: Timestamp,
+        error: &str,
+        counts: ReadCounts,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.doing("recording the failure")?;
+        finish_unapplied(&mut conn, run, status, finished_at, error, counts).await
+    }
+
+    pub async fn stage(&self) -> Result<SqliteStaging, StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .doing("opening the staging area")?;
+        (&mut *conn)
+            .execute(
+                "DROP TABLE IF EXISTS temp.staging_sessions;
+             DROP TABLE IF EXISTS temp.staging_rejected;
+             CREATE TEMP TABLE staging_sessions (source TEXT NOT NULL, created_at TEXT NOT NULL);
+             CREATE TEMP TABLE staging_rejected (
+                 line_number INTEGER NOT NULL, raw_record TEXT NOT NULL, reason TEXT NOT NULL);",
+            )
+            .await
+            .doing("opening the staging area")?;
+        Ok(SqliteStaging {
+            conn,
+            sessions: Vec::with_capacity(BATCH_ROWS),
+            rejected: Vec::new(),
+            insert_full_batch: values_sql(
+                "INSERT INTO temp.staging_sessions (source, created_at) VALUES ",
+                2,
+                BATCH_ROWS,
+            ),
+        })
+    }
+
+    pub async fn account_summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
+        let rows = sqlx::query(super::ACCOUNT_SUMMARY_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .doing("reading account summaries")?;
+        Ok(rows
+            .iter()
+            .map(|r| AccountSummary {
+                customer_id: r.get(0),
+                sub_account_id: r.get(1),
+                name: r.get(2),
+                sessions_open: r.get(3),
+                sessions_closed: r.get(4),
+                runs_succeeded: r.get(5),
+                runs_failed: r.get(6),
+            })
+            .collect())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The pool, for tests and for read-only commands.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+async fn finish_unapplied(
+    conn: &mut sqlx::SqliteConnection,
+    run: RunId,
+    status: RunStatus,
+    finished_at: Timestamp,
+    error: &str,
+    counts: ReadCounts,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sync_runs SET status = ?1, finished_at = ?2, error = ?3, rows_read = ?4, \
+         rows_rejected = ?5 WHERE id = ?6 AND status = 'running'",
+    )
+    .bind(status.as_str())
+    .bind(iso(finished_at))
+    .bind(error)
+    .bind(counts.rows_read as i64)
+    .bind(counts.rows_rejected as i64)
+    .bind(run.0)
+    .execute(conn)
+    .await
+    .doing("recording the failure")?;
+    Ok(())
+}
+
+/// `PREFIX (?, ?), (?, ?), ...` with `rows` tuples of `width` placeholders.
+fn values_sql(prefix: &str, width: usize, rows: usize) -> String {
+    let tuple = format!("({})", vec!["?"; width].join(", "));
+    let mut sql = String::with_capacity(prefix.len() + rows * (tuple.len() + 2));
+    sql.push_str(prefix);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&tuple);
+    }
+    sql
+}
+
+/// One run's snapshot, staged in the connection's temporary tables.
+pub struct SqliteStaging {
+    conn: PoolConnection<Sqlite>,
+    sessions: Vec<(PhoneNumber, [u8; 24])>,
+    rejected: Vec<Rejection>,
+    insert_full_batch: String,
+}
+
+impl SqliteStaging {
+    pub async fn add_session(&mut self, key: &SessionKey) -> Result<(), StoreError> {
+        let mut created = [0u8; 24];
+        key.created_at.write_iso(&mut created);
+        self.sessions.push((key.source, created));
+        if self.sessions.len() == BATCH_ROWS {
+            self.flush_sessions().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn add_rejected(&mut self, rejection: &Rejection) -> Result<(), StoreError> {
+        self.rejected.push(rejection.clone());
+        if self.rejected.len() == REJECT_BATCH_ROWS {
+            self.flush_rejected().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_sessions(&mut self) -> Result<(), StoreError> {
+        if self.sessions.is_empty() {
+            return Ok(());
+        }
+        let partial;
+        let sql = if self.sessions.len() == BATCH_ROWS {
+            self.insert_full_batch.as_str()
+        } else {
+            partial = values_sql(
+                "INSERT INTO temp.staging_sessions (source, created_at) VALUES ",
+                2,
+                self.sessions.len(),
+            );
+            partial.as_str()
+        };
+        let mut query = sqlx::query(sql);
+        for (source, created) in &self.sessions {
+            query = query
+                .bind(source.as_str())
+                .bind(std::str::from_utf8(created).unwrap_or_default());
+        }
+        query
+            .execute(&mut *self.conn)
+            .await
+            .doing("staging the snapshot")?;
+        self.sessions.clear();
+        Ok(())
+    }
+
+    async fn flush_rejected(&mut self) -> Result<(), StoreError> {
+        if self.rejected.is_empty() {
+            return Ok(());
+        }
+        let sql = values_sql(
+            "INSERT INTO temp.staging_rejected (line_number, raw_record, reason) VALUES ",
+            3,
+            self.rejected.len(),
+        );
+        let mut query = sqlx::query(&sql);
+        for r in &self.rejected {
+            query = query
+                .bind(r.line_number as i64)
+                .bind(r.raw_record.as_str())
+                .bind(r.reason.as_str());
+        }
+        query
+            .execute(&mut *self.conn)
+            .await
+            .doing("staging rejected records")?;
+        self.rejected.clear();
+        Ok(())
+    }
+
+    pub async fn apply(mut self, p: ApplyParams) -> Result<ApplyCounts, StoreError> {
+        let result = self.apply_inner(p).await;
+        self.finish(result.is_ok()).await;
+        result
+    }
+
+    async fn apply_inner(&mut self, p: ApplyParams) -> Result<ApplyCounts, StoreError> {
+        self.flush_sessions().await?;
+        self.flush_rejected().await?;
+        sqlx::query(
+            "CREATE INDEX temp.staging_sessions_key ON staging_sessions (source, created_at)",
+        )
+        .execute(&mut *self.conn)
+        .await
+        .doing("indexing the staged snapshot")?;
+
+        let now = iso(p.run_started_at);
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("locking the database to apply the snapshot")?;
+        let closed = sqlx::query(
+            "UPDATE sessions SET closed_at = ?1 \
+             WHERE account_id = ?2 AND closed_at IS NULL AND NOT EXISTS ( \
+                 SELECT 1 FROM temp.staging_sessions t \
+                 WHERE t.source = sessions.source AND t.created_at = sessions.session_created_at)",
+        )
+        .bind(&now)
+        .bind(p.account.0)
+        .execute(&mut *tx)
+        .await
+        .doing("closing sessions the snapshot no longer lists")?
+        .rows_affected();
+        let reopened = sqlx::query(
+            "UPDATE sessions SET closed_at = NULL FROM temp.staging_sessions t \
+             WHERE sessions.account_id = ?1 AND sessions.closed_at IS NOT NULL \
+               AND sessions.source = t.source AND sessions.session_created_at = t.created_at",
+        )
+        .bind(p.account.0)
+        .execute(&mut *tx)
+        .await
+        .doing("re-opening sessions listed again")?
+        .rows_affected();
+        let new = sqlx::query(
+            "INSERT INTO sessions \
+                 (account_id, source, session_created_at, expires_at, first_seen_at) \
+             SELECT ?1, source, created_at, \
+                 strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ?2), ?3 \
+             FROM temp.staging_sessions WHERE true \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(p.account.0)
+        .bind(format!("+{} hours", p.session_window_hours))
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .doing("inserting new sessions")?
+        .rows_affected();
+        sqlx::query(
+            "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
+             SELECT ?1, line_number, raw_record, reason FROM temp.staging_rejected ORDER BY rowid",
+        )
+        .bind(p.run.0)
+        .execute(&mut *tx)
+        .await
+        .doing("recording rejected records")?;
+        let counts = ApplyCounts {
+            sessions_new: new,
+            sessions_reopened: reopened,
+            sessions_closed: closed,
+        };
+        let marked = sqlx::query(
+            "UPDATE sync_runs SET status = 'succeeded', finished_at = ?1, rows_read = ?2, \
+                 rows_rejected = ?3, sessions_new = ?4, sessions_reopened = ?5, \
+                 sessions_closed = ?6, error = NULL \
+             WHERE id = ?7 AND status = 'running'",
+        )
+        .bind(iso(p.finished_at))
+        .bind(p.counts.rows_read as i64)
+        .bind(p.counts.rows_rejected as i64)
+        .bind(counts.sessions_new as i64)
+        .bind(counts.sessions_reopened as i64)
+        .bind(counts.sessions_closed as i64)
+        .bind(p.run.0)
+        .execute(&mut *tx)
+        .await
+        .doing("marking the run succeeded")?
+        .rows_affected();
+        if marked != 1 {
+            return Err(StoreError {
+                action: "marking the run succeeded (it is no longer 'running': another process marked it abandoned)",
+                source: sqlx::Error::RowNotFound,
+            });
+        }
+        tx.commit().await.doing("committing the snapshot")?;
+        Ok(counts)
+    }
+
+    pub async fn fail(
+        mut self,
+        run: RunId,
+        status: RunStatus,
+        finished_at: Timestamp,
+        error: &str,
+        counts: ReadCounts,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .fail_inner(run, status, finished_at, error, counts)
+            .await;
+        self.finish(result.is_ok()).await;
+        result
+    }
+
+    async fn fail_inner(
+        &mut self,
+        run: RunId,
+        status: RunStatus,
+        finished_at: Timestamp,
+        error: &str,
+        counts: ReadCounts,
+    ) -> Result<(), StoreError> {
+        self.flush_rejected().await?;
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .doing("recording the failure")?;
+        sqlx::query(
+            "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
+             SELECT ?1, line_number, raw_record, reason FROM temp.staging_rejected ORDER BY rowid",
+        )
+        .bind(run.0)
+        .execute(&mut *tx)
+        .await
+        .doing("recording rejected records")?;
+        finish_unapplied(&mut tx, run, status, finished_at, error, counts).await?;
+        tx.commit().await.doing("recording the failure")
+    }
+
+    /// Empties the staging tables so the pooled connection does not keep the snapshot; a
+    /// connection that failed is closed instead of being reused.
+    async fn finish(mut self, ok: bool) {
+        let dropped = (&mut *self.conn).execute("DROP TABLE IF EXISTS temp.staging_sessions; DROP TABLE IF EXISTS temp.staging_rejected;")
+        .await;
+        if !ok || dropped.is_err() {
+            self.conn.close_on_drop();
+        }
+    }
+}

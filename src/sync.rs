@@ -1,0 +1,364 @@
+//! One sync of one account, start to finish: the single step that the daemon, the one-shot
+//! `sync` command, the demo and the tests all call.
+//!
+//! 1. record a `running` run;
+//! 2. ask the API for the link (retries inside [`VendorClient`]);
+//! 3. download it; an expired link is asked for again, up to [`MAX_LINK_REFRESHES`] times;
+//! 4. stream the CSV into the store's staging area;
+//! 5. judge it: more than `max_rejected_ratio` rejected records and the snapshot is not trusted;
+//! 6. apply it atomically and mark the run `succeeded` - or mark it `failed` with the step and
+//!    the cause, changing no session.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AccountConfig, SyncConfig};
+use crate::snapshot::{Row, SnapshotReader};
+use crate::store::{
+    AccountId, ApplyCounts, ApplyParams, ReadCounts, RunId, RunStatus, Staging, Store,
+};
+use crate::timestamp::Timestamp;
+use crate::vendor::{VendorClient, VendorError};
+
+/// How many times an expired download link is replaced by a fresh one before the run fails.
+pub const MAX_LINK_REFRESHES: u32 = 2;
+
+/// What every sync shares.
+#[derive(Debug, Clone)]
+pub struct SyncContext {
+    pub store: Store,
+    pub vendor: VendorClient,
+    pub settings: SyncConfig,
+}
+
+/// A configured account with its row in `accounts`.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: AccountId,
+    pub config: AccountConfig,
+    /// `customer 42 / sub-account 7 (name)`, computed once.
+    pub label: String,
+}
+
+impl SyncContext {
+    /// Records the configured accounts in the database (creating or renaming their rows).
+    pub async fn register(
+        &self,
+        accounts: &[AccountConfig],
+    ) -> Result<Vec<Account>, crate::store::StoreError> {
+        let mut out = Vec::with_capacity(accounts.len());
+        for a in accounts {
+            out.push(Account {
+                id: self.store.ensure_account(a).await?,
+                config: a.clone(),
+                label: a.label(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The step of a sync, as named in errors and in `sync_runs.error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    StartRun,
+    RequestLink,
+    Download,
+    Read,
+    Stage,
+    Judge,
+    Apply,
+    Shutdown,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::StartRun => "starting the run",
+            Step::RequestLink => "requesting the download link",
+            Step::Download => "downloading the file",
+            Step::Read => "reading the file",
+            Step::Stage => "staging the snapshot",
+            Step::Judge => "checking the snapshot",
+            Step::Apply => "applying the snapshot",
+            Step::Shutdown => "finishing before shutdown",
+        })
+    }
+}
+
+/// A failed sync: which account, which step, why. No session was changed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{account}: {step}: {cause}")]
+pub struct SyncError {
+    pub account: String,
+    pub step: Step,
+    pub cause: String,
+    pub run: Option<RunId>,
+    pub counts: ReadCounts,
+}
+
+/// A successful sync.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub account: String,
+    pub run: RunId,
+    pub read: ReadCounts,
+    pub applied: ApplyCounts,
+    pub duration: Duration,
+}
+
+impl std::fmt::Display for RunReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: succeeded in {:.1}s: {} rows read, {} rejected; {} new, {} reopened, {} closed",
+            self.account,
+            self.duration.as_secs_f64(),
+            self.read.rows_read,
+            self.read.rows_rejected,
+            self.applied.sessions_new,
+            self.applied.sessions_reopened,
+            self.applied.sessions_closed
+        )
+    }
+}
+
+/// Why the body of a run stopped, before it is recorded.
+struct Failure {
+    step: Step,
+    cause: String,
+    counts: ReadCounts,
+    /// The staging area, when the failure happened after it was opened: its rejected records
+    /// are stored with the failure.
+    staging: Option<Staging>,
+}
+
+fn fail(step: Step, cause: impl ToString) -> Failure {
+    Failure {
+        step,
+        cause: cause.to_string(),
+        counts: ReadCounts::default(),
+        staging: None,
+    }
+}
+
+/// Syncs one account once. `abort` cuts a run short (the daemon's shutdown grace ran out):
+/// what was staged is dropped and the run is marked `abandoned`.
+#[tracing::instrument(skip_all, fields(account = %account.label))]
+pub async fn sync_account(
+    ctx: &SyncContext,
+    account: &Account,
+    abort: &CancellationToken,
+) -> Result<RunReport, SyncError> {
+    let clock = Instant::now();
+    let started_at = Timestamp::now();
+    let run = ctx
+        .store
+        .start_run(account.id, started_at)
+        .await
+        .map_err(|e| SyncError {
+            account: account.label.clone(),
+            step: Step::StartRun,
+            cause: e.to_string(),
+            run: None,
+            counts: ReadCounts::default(),
+        })?;
+
+    let outcome = tokio::select! {
+        outcome = run_body(ctx, account, run, started_at) => outcome,
+        () = abort.cancelled() => Err(fail(
+            Step::Shutdown,
+            "the service stopped and the shutdown grace period ran out; rolled back",
+        )),
+    };
+
+    match outcome {
+        Ok((read, applied)) => {
+            let report = RunReport {
+                account: account.label.clone(),
+                run,
+                read,
+                applied,
+                duration: clock.elapsed(),
+            };
+            tracing::info!(
+                status = "succeeded",
+                run_id = run.0,
+                rows_read = read.rows_read,
+                rows_rejected = read.rows_rejected,
+                sessions_new = applied.sessions_new,
+                sessions_reopened = applied.sessions_reopened,
+                sessions_closed = applied.sessions_closed,
+                duration_ms = report.duration.as_millis() as u64,
+                "run finished"
+            );
+            Ok(report)
+        }
+        Err(failure) => {
+            let status = if failure.step == Step::Shutdown {
+                RunStatus::Abandoned
+            } else {
+                RunStatus::Failed
+            };
+            let message = format!("{}: {}", failure.step, failure.cause);
+            record_failure(ctx, run, status, &message, failure.counts, failure.staging).await;
+            tracing::error!(
+                status = if status == RunStatus::Failed { "failed" } else { "abandoned" },
+                run_id = run.0,
+                step = %failure.step,
+                error = %failure.cause,
+                rows_read = failure.counts.rows_read,
+                rows_rejected = failure.counts.rows_rejected,
+                duration_ms = clock.elapsed().as_millis() as u64,
+                "run failed"
+            );
+            Err(SyncError {
+                account: account.label.clone(),
+                step: failure.step,
+                cause: failure.cause,
+                run: Some(run),
+                counts: failure.counts,
+            })
+        }
+    }
+}
+
+/// Stores the failure with the staged rejected records; if the staging connection is gone
+/// (the database restarted, say), records it without them. If even that fails, the run stays
+/// `running` and the next run of the account marks it `abandoned`.
+async fn record_failure(
+    ctx: &SyncContext,
+    run: RunId,
+    status: RunStatus,
+    message: &str,
+    counts: ReadCounts,
+    staging: Option<Staging>,
+) {
+    let finished_at = Timestamp::now();
+    if let Some(staging) = staging {
+        match staging
+            .fail(run, status, finished_at, message, counts)
+            .await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store the rejected records of a failed run")
+            }
+        }
+    }
+    if let Err(e) = ctx
+        .store
+        .finish_run_unapplied(run, status, finished_at, message, counts)
+        .await
+    {
+        tracing::error!(error = %e, run_id = run.0, "could not record the failed run; it stays 'running' until the next run marks it abandoned");
+    }
+}
+
+async fn run_body(
+    ctx: &SyncContext,
+    account: &Account,
+    run: RunId,
+    started_at: Timestamp,
+) -> Result<(ReadCounts, ApplyCounts), Failure> {
+    let download = open_snapshot(&ctx.vendor, &account.config).await?;
+
+    let mut staging = ctx.store.stage().await.map_err(|e| fail(Step::Stage, e))?;
+    let mut counts = ReadCounts::default();
+    if let Err((step, cause)) =
+        stream_into(&mut staging, download, &ctx.settings, &mut counts).await
+    {
+        return Err(Failure {
+            step,
+            cause,
+            counts,
+            staging: Some(staging),
+        });
+    }
+
+    let limit = ctx.settings.max_rejected_ratio;
+    if counts.rows_rejected as f64 > limit * counts.rows_read as f64 {
+        return Err(Failure {
+            step: Step::Judge,
+            cause: format!(
+                "{} of {} records rejected, more than max_rejected_ratio = {limit}: \
+                 the snapshot is not trusted (see rejected_rows)",
+                counts.rows_rejected, counts.rows_read
+            ),
+            counts,
+            staging: Some(staging),
+        });
+    }
+
+    let applied = staging
+        .apply(ApplyParams {
+            account: account.id,
+            run,
+            run_started_at: started_at,
+            finished_at: Timestamp::now(),
+            session_window_hours: ctx.settings.session_window_hours,
+            counts,
+        })
+        .await
+        .map_err(|e| Failure {
+            step: Step::Apply,
+            cause: e.to_string(),
+            counts,
+            staging: None,
+        })?;
+    Ok((counts, applied))
+}
+
+/// Asks for a link and opens it, asking again when the link turns out to have expired.
+async fn open_snapshot(
+    vendor: &VendorClient,
+    account: &AccountConfig,
+) -> Result<crate::vendor::Download, Failure> {
+    let mut refreshes = 0;
+    loop {
+        let link = vendor
+            .request_file_url(account)
+            .await
+            .map_err(|e| fail(Step::RequestLink, e))?;
+        match vendor.open_download(&link).await {
+            Ok(download) => return Ok(download),
+            Err(VendorError::LinkExpired(status)) if refreshes < MAX_LINK_REFRESHES => {
+                refreshes += 1;
+                tracing::warn!(
+                    http_status = status,
+                    refresh = refreshes,
+                    "download link expired; asking for a fresh one"
+                );
+            }
+            Err(e) => return Err(fail(Step::Download, e)),
+        }
+    }
+}
+
+async fn stream_into(
+    staging: &mut Staging,
+    download: crate::vendor::Download,
+    settings: &SyncConfig,
+    counts: &mut ReadCounts,
+) -> Result<(), (Step, String)> {
+    let mut reader = SnapshotReader::open(download, settings.csv_timezone)
+        .await
+        .map_err(|e| (Step::Read, e.to_string()))?;
+    while let Some(row) = reader
+        .next_row()
+        .await
+        .map_err(|e| (Step::Read, e.to_string()))?
+    {
+        counts.rows_read += 1;
+        match row {
+            Row::Session(key) => staging.add_session(&key).await,
+            Row::Rejected(rejection) => {
+                counts.rows_rejected += 1;
+                staging.add_rejected(&rejection).await
+            }
+        }
+        .map_err(|e| (Step::Stage, e.to_string()))?;
+    }
+    Ok(())
+}
