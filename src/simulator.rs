@@ -47,7 +47,8 @@ pub enum ApiFault {
 pub enum CdnFault {
     /// Answer with this status (403/404/410 mean an expired link).
     Status(u16),
-    /// Declare a `Content-Length` larger than the body, then close the connection.
+    /// Declare a `Content-Length` larger than the body, send half of it, then close the
+    /// connection.
     Truncate,
     /// Send this many bytes of the file, then neither send more nor close.
     StallAfter(usize),
@@ -386,6 +387,9 @@ async fn cdn_file(
             return status(403, "SignatureDoesNotMatch");
         }
         let (account, body) = (link.account, link.body.clone());
+        if query.contains_key("loop") {
+            return (StatusCode::FOUND, [(header::LOCATION, uri.to_string())]).into_response();
+        }
         if query.contains_key("hop") {
             (body, None)
         } else {
@@ -405,9 +409,16 @@ async fn cdn_file(
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/csv")
                 .header(header::CONTENT_LENGTH, declared)
-                .body(Body::from_stream(stream::once(async move {
-                    Ok::<_, std::io::Error>(half)
-                })))
+                // The pause lets the headers and the first half reach the client before the
+                // connection closes, so the break happens mid-body, not before the response.
+                .body(Body::from_stream(
+                    stream::once(async move { Ok::<_, std::io::Error>(half) }).chain(stream::once(
+                        async {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            Err(std::io::Error::other("connection dropped"))
+                        },
+                    )),
+                ))
                 .unwrap_or_else(|_| status(500, ""))
         }
         Some(CdnFault::StallAfter(n)) => {
@@ -424,7 +435,8 @@ async fn cdn_file(
             (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
         }
         Some(CdnFault::RedirectLoop) => {
-            (StatusCode::FOUND, [(header::LOCATION, uri.to_string())]).into_response()
+            let to = format!("{}&loop=1", uri);
+            (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
         }
         Some(CdnFault::Raw(bytes)) => csv(Bytes::from(bytes)),
         Some(CdnFault::GzipEncoding) => (

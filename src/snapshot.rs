@@ -148,8 +148,11 @@ impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
             header = rest.to_vec();
         }
         let delimiter = detect_delimiter(&header);
+        // Records end at LF; a CR before it is trimmed with the field's whitespace. (With the
+        // CRLF-aware default terminator, csv's line numbers lag by one on CRLF files.)
         let mut csv = AsyncReaderBuilder::new()
             .delimiter(delimiter)
+            .terminator(csv_async::Terminator::Any(b'\n'))
             .flexible(true)
             .has_headers(true)
             .create_reader(std::io::Cursor::new(header).chain(reader));
@@ -182,8 +185,14 @@ impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
 
     /// The next data record, or `None` at the end of the file.
     pub async fn next_row(&mut self) -> Result<Option<Row>, SnapshotError> {
-        if !self.csv.read_byte_record(&mut self.record).await? {
-            return Ok(None);
+        loop {
+            if !self.csv.read_byte_record(&mut self.record).await? {
+                return Ok(None);
+            }
+            // A blank line (CRLF files included) is no record.
+            if !(self.record.len() == 1 && self.record[0].trim_ascii().is_empty()) {
+                break;
+            }
         }
         let line_number = self.record.position().map_or(0, |p| p.line());
         Ok(Some(match self.classify() {
@@ -240,10 +249,16 @@ fn detect_delimiter(header: &[u8]) -> u8 {
 /// The record written back as one CSV line, quoting where needed.
 fn join_fields(record: &ByteRecord, delimiter: u8) -> Vec<u8> {
     let mut out = Vec::new();
+    let last = record.len().saturating_sub(1);
     for (i, field) in record.iter().enumerate() {
         if i > 0 {
             out.push(delimiter);
         }
+        // The CR of a CRLF line end is not part of the record.
+        let field = match field.strip_suffix(b"\r") {
+            Some(stripped) if i == last => stripped,
+            _ => field,
+        };
         if field
             .iter()
             .any(|&c| c == delimiter || c == b'"' || c == b'\n' || c == b'\r')
@@ -374,7 +389,23 @@ mod tests {
             \"5519900000002\",\"multi\nline\"\n\
             5519900000003\n\
             5519900000004,2017-12-18T17:09:31\0Z\n";
+        let crlf: Vec<u8> = String::from_utf8_lossy(body)
+            .replace('\n', "\r\n")
+            .into_bytes();
         let rows = read_all(body).await.unwrap();
+        let lines_and_reasons = |rows: &[Row]| -> Vec<(u64, String)> {
+            rows.iter()
+                .filter_map(|r| match r {
+                    Row::Rejected(r) => Some((r.line_number, r.reason.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            lines_and_reasons(&rows),
+            lines_and_reasons(&read_all(&crlf).await.unwrap()),
+            "CRLF files number their lines as LF files do"
+        );
         let rejected: Vec<(u64, &str)> = rows
             .iter()
             .filter_map(|r| match r {

@@ -42,8 +42,14 @@ pub enum VendorError {
         detail: String,
         retry_after: Option<Duration>,
     },
-    #[error("{0}")]
-    Transport(String, #[source] reqwest::Error),
+    #[error("{message}")]
+    Transport {
+        message: String,
+        /// Redirect loops do not heal by asking again; broken connections may.
+        retryable: bool,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("unusable answer: {0}")]
     BadAnswer(String),
     #[error("the download link has expired (HTTP {0})")]
@@ -56,7 +62,7 @@ impl VendorError {
     /// Connection errors, timeouts, 5xx and 429 are worth another attempt; nothing else is.
     pub fn is_retryable(&self) -> bool {
         match self {
-            VendorError::Transport(..) => true,
+            VendorError::Transport { retryable, .. } => *retryable,
             VendorError::Status { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
@@ -94,7 +100,11 @@ impl VendorError {
         } else {
             format!("{kind}: {cause}")
         };
-        VendorError::Transport(msg, e)
+        VendorError::Transport {
+            message: msg,
+            retryable: !e.is_redirect(),
+            source: e,
+        }
     }
 }
 

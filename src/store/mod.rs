@@ -267,4 +267,4 @@ const ACCOUNT_SUMMARY_SQL: &str = "\
         (SELECT count(*) FROM sessions s WHERE s.account_id = a.id AND s.closed_at IS NOT NULL), \
         (SELECT count(*) FROM sync_runs r WHERE r.account_id = a.id AND r.status = 'succeeded'), \
         (SELECT count(*) FROM sync_runs r WHERE r.account_id = a.id AND r.status = 'failed') \
-    FROM accounts a ORDER BY a.customer_id, a.sub_account_id";
+    FROM accounts a ORDER BY a.customer_id, a.sub_account_id IS NOT NULL, a.sub_account_id";

@@ -1,0 +1,305 @@
+//! The real binary: exit codes, summaries, the daemon under SIGTERM, and the demo.
+
+use std::process::Output;
+use std::time::Duration;
+
+use session_sync::simulator::{ApiFault, SimulatedVendor};
+use tokio::process::Command;
+
+use crate::helpers::{config_text, sessions, Backend, TestDb, TOKEN};
+use crate::on_both_backends;
+
+const T1: &str = "2026-11-20T10:00:00.000Z";
+
+fn binary() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_session-sync"));
+    // The tests decide the environment the binary sees.
+    for var in [
+        "SESSION_SYNC_CONFIG",
+        "SESSION_SYNC_DATABASE_URL",
+        "SESSION_SYNC_USERNAME",
+        "SESSION_SYNC_TOKEN",
+        "CREDENTIALS_DIRECTORY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "debug").kill_on_drop(true);
+    cmd
+}
+
+async fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the binary finished within a minute")
+        .unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("session-sync.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn check_config_prints_the_resolved_settings_without_secrets() {
+    let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&vendor, &db, "[[accounts]]\ncustomer_id = 42\n");
+    let path = write_config(&dir, &text);
+    let (code, out, err) = run(binary().arg("check-config").arg("--config").arg(&path)).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("customer 42"), "{out}");
+    assert!(out.contains("[REDACTED]"), "{out}");
+    assert!(!out.contains(TOKEN) && !err.contains(TOKEN));
+    assert!(
+        vendor.requests().is_empty(),
+        "check-config contacts nothing"
+    );
+
+    // The path may come from the environment instead.
+    let (code, out, _) = run(binary()
+        .arg("check-config")
+        .env("SESSION_SYNC_CONFIG", &path))
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("customer 42"));
+}
+
+#[tokio::test]
+async fn an_invalid_config_exits_2_naming_the_key_before_any_network_call() {
+    let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = config_text(&vendor, &db, "[[accounts]]\ncustomer_id = 42\n");
+    let cases = [
+        (good.replace("[api]", "[api]\ncolour = \"red\""), "colour"),
+        (
+            config_text(&vendor, &db, "[[accounts]]\nname = \"x\"\n"),
+            "customer_id",
+        ),
+        (
+            good.clone() + "[schedule]\ncron = \"every minute\"\n",
+            "schedule.cron",
+        ),
+        (
+            good.replace("allow_insecure_http = true", "allow_insecure_http = false"),
+            "api.base_url",
+        ),
+        (
+            good.replace(
+                &format!("token = \"{TOKEN}\""),
+                "token_file = \"missing-token\"",
+            ),
+            "api.token_file",
+        ),
+    ];
+    for (text, key) in cases {
+        let path = write_config(&dir, &text);
+        for command in ["check-config", "sync", "run", "migrate"] {
+            let (code, _, err) = run(binary().arg(command).arg("--config").arg(&path)).await;
+            assert_eq!(code, 2, "{command} with a bad {key}: {err}");
+            assert!(err.contains(key), "{command}: {err}");
+        }
+    }
+    assert!(vendor.requests().is_empty());
+    assert!(
+        !db.url.is_empty()
+            && !std::path::Path::new(db.url.trim_start_matches("sqlite://")).exists()
+    );
+}
+
+async fn sync_prints_a_line_per_account_and_exits_1_when_any_failed(backend: Backend) {
+    let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &config_text(
+            &vendor,
+            &db,
+            "[[accounts]]\ncustomer_id = 42\nname = \"ok\"\n[[accounts]]\ncustomer_id = 43\nname = \"denied\"\n",
+        ),
+    );
+    vendor.set_sessions((42, None), &sessions(&[("5519900000001", T1)]));
+    let (code, out, err) = run(binary().arg("sync").arg("--config").arg(&path)).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("customer 42 (ok): succeeded"), "{out}");
+    assert!(!err.contains(TOKEN), "the token leaked into the logs");
+
+    vendor.push_api_fault(
+        (43, None),
+        ApiFault::Status {
+            status: 401,
+            retry_after: None,
+            body: String::new(),
+        },
+    );
+    let (code, out, err) = run(binary().arg("sync").arg("--config").arg(&path)).await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("customer 43 (denied): FAILED: requesting the download link: authentication rejected for customer 43"),
+        "{out}"
+    );
+
+    // One account only.
+    let (code, out, _) = run(binary()
+        .args(["sync", "--customer", "42", "--config"])
+        .arg(&path))
+    .await;
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let (code, _, _) = run(binary()
+        .args(["sync", "--customer", "99", "--config"])
+        .arg(&path))
+    .await;
+    assert_eq!(code, 2);
+    assert_eq!(db.runs().await.len(), 2 + 2 + 1);
+}
+
+async fn migrate_creates_the_tables(backend: Backend) {
+    let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &config_text(&vendor, &db, "[[accounts]]\ncustomer_id = 42\n"),
+    );
+    let (code, out, err) = run(binary().arg("migrate").arg("--config").arg(&path)).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("migrations applied"));
+    for table in [
+        "accounts",
+        "sessions",
+        "sync_runs",
+        "rejected_rows",
+        "session_history",
+    ] {
+        assert!(
+            db.rows(&format!("SELECT count(*) FROM {table}"))
+                .await
+                .len()
+                == 1
+        );
+    }
+    assert!(vendor.requests().is_empty());
+}
+
+async fn the_daemon_syncs_on_its_schedule_and_exits_0_on_sigterm(backend: Backend) {
+    let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &config_text(
+            &vendor,
+            &db,
+            "[schedule]\ncron = \"* * * * * *\"\n[[accounts]]\ncustomer_id = 42\n",
+        ),
+    );
+    vendor.set_sessions((42, None), &sessions(&[("5519900000001", T1)]));
+    let child = binary()
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for a few ticks.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while db_runs_succeeded(&db).await < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no three runs in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pid = child.id().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
+        .await
+        .expect("the daemon stopped within 40 s of SIGTERM")
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{log}");
+    assert!(log.contains("SIGTERM received"), "{log}");
+    assert!(log.contains("run finished"), "{log}");
+    assert!(!log.contains(TOKEN), "the token leaked into the logs");
+    assert!(db.runs().await.iter().all(|r| r.status != "running"));
+}
+
+async fn db_runs_succeeded(db: &TestDb) -> usize {
+    // The file and the tables appear once the daemon has migrated.
+    if db.backend == Backend::Sqlite
+        && !std::path::Path::new(db.url.trim_start_matches("sqlite://")).exists()
+    {
+        return 0;
+    }
+    let exists = match db.backend {
+        Backend::Sqlite => "SELECT count(*) FROM sqlite_master WHERE name = 'sync_runs'",
+        Backend::Postgres => "SELECT count(*) FROM pg_tables WHERE tablename = 'sync_runs'",
+    };
+    if db.rows(exists).await[0][0].as_deref() != Some("1") {
+        return 0;
+    }
+    db.runs()
+        .await
+        .iter()
+        .filter(|r| r.status == "succeeded")
+        .count()
+}
+
+#[tokio::test]
+async fn the_demo_records_sessions_through_several_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("demo.db");
+    let (code, out, err) = run(binary()
+        .env_remove("RUST_LOG")
+        .arg("demo")
+        .arg("--database")
+        .arg(&file))
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("round 5"), "{out}");
+    assert!(out.contains("FAILED"), "round 4 shows a failed run: {out}");
+    assert!(
+        err.is_empty(),
+        "the demo keeps routine logs out of its story: {err}"
+    );
+    let db = TestDb::sqlite_file(&file);
+    let runs = db.runs().await;
+    assert_eq!(runs.len(), 15);
+    assert_eq!(runs.iter().filter(|r| r.status == "failed").count(), 1);
+    let rows = db.sessions().await;
+    assert!(rows.iter().any(|r| r.closed_at.is_some()));
+    assert!(rows.iter().any(|r| r.closed_at.is_none()));
+    // The example queries printed by the demo run against what it wrote.
+    for (_, sql) in session_sync::demo::EXAMPLE_QUERIES {
+        assert!(!db.rows(sql).await.is_empty(), "{sql}");
+    }
+    // Running it again starts from a fresh file.
+    let (code, _, _) = run(binary().arg("demo").arg("--database").arg(&file)).await;
+    assert_eq!(code, 0);
+    assert_eq!(db.runs().await.len(), 15);
+}
+
+on_both_backends!(
+    sync_prints_a_line_per_account_and_exits_1_when_any_failed,
+    migrate_creates_the_tables,
+    the_daemon_syncs_on_its_schedule_and_exits_0_on_sigterm,
+);

@@ -1,0 +1,352 @@
+//! What every integration test needs: a fresh database on either backend, a simulated
+//! vendor on loopback, a configuration pointing at both, and backend-neutral readers of the
+//! tables (timestamps as the same ISO text on both).
+
+use std::path::Path;
+
+use session_sync::config::{Config, Env};
+use session_sync::simulator::SimulatedVendor;
+use session_sync::sync::{sync_account, Account, RunReport, SyncContext, SyncError};
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+pub const USER: &str = "acme";
+pub const TOKEN: &str = "tok-3f9a8c77-very-secret";
+
+/// The environment variable naming a PostgreSQL server the tests may create databases on.
+pub const PG_ENV: &str = "SESSION_SYNC_TEST_POSTGRES_URL";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a scenario (an `async fn(Backend)`) once per backend, as two tests.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$scenario($crate::helpers::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if $crate::helpers::postgres_available() {
+                        super::$scenario($crate::helpers::Backend::Postgres).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// Whether PostgreSQL tests can run. Under `CI=true` a missing server is a failure, not a skip.
+pub fn postgres_available() -> bool {
+    if std::env::var(PG_ENV).is_ok_and(|v| !v.is_empty()) {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but {PG_ENV} is not set: the PostgreSQL tests must run in CI (use scripts/test)");
+    }
+    eprintln!("skipping a PostgreSQL test: {PG_ENV} is not set (scripts/test starts a server)");
+    false
+}
+
+/// A fresh, empty database.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("history.db").display());
+                TestDb {
+                    backend,
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = std::env::var(PG_ENV).unwrap();
+                let name = format!("ss_test_{:016x}", rand::random::<u64>());
+                let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {PG_ENV}: {e}"));
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let mut url = url::Url::parse(&admin).unwrap();
+                url.set_path(&name);
+                TestDb {
+                    backend,
+                    url: url.to_string(),
+                    _dir: None,
+                }
+            }
+        }
+    }
+
+    /// An existing SQLite file, read but not owned.
+    pub fn sqlite_file(path: &Path) -> TestDb {
+        TestDb {
+            backend: Backend::Sqlite,
+            url: format!("sqlite://{}", path.display()),
+            _dir: None,
+        }
+    }
+
+    fn ts(&self, column: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => column.to_owned(),
+            Backend::Postgres => {
+                format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+            }
+        }
+    }
+
+    /// Runs a query whose columns are all text or integers and returns them as strings
+    /// (NULL as `None`).
+    pub async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        fn text<'r, R: Row>(row: &'r R, i: usize) -> Option<String>
+        where
+            usize: sqlx::ColumnIndex<R>,
+            Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            Option<bool>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        {
+            if let Ok(v) = row.try_get::<Option<i64>, _>(i) {
+                return v.map(|v| v.to_string());
+            }
+            if let Ok(v) = row.try_get::<Option<f64>, _>(i) {
+                return v.map(|v| v.to_string());
+            }
+            if let Ok(v) = row.try_get::<Option<bool>, _>(i) {
+                return v.map(|v| (v as i64).to_string());
+            }
+            row.try_get::<Option<String>, _>(i).unwrap()
+        }
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn: sqlx::SqliteConnection =
+                    sqlx::Connection::connect(&self.url).await.unwrap();
+                let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
+                rows.iter()
+                    .map(|r| (0..r.len()).map(|i| text(r, i)).collect())
+                    .collect()
+            }
+            Backend::Postgres => {
+                let mut conn: sqlx::PgConnection =
+                    sqlx::Connection::connect(&self.url).await.unwrap();
+                let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
+                rows.iter()
+                    .map(|r| (0..r.len()).map(|i| text(r, i)).collect())
+                    .collect()
+            }
+        }
+    }
+
+    pub async fn execute(&self, sql: &str) {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn: sqlx::SqliteConnection =
+                    sqlx::Connection::connect(&self.url).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+            }
+            Backend::Postgres => {
+                let mut conn: sqlx::PgConnection =
+                    sqlx::Connection::connect(&self.url).await.unwrap();
+                sqlx::query(sql).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+
+    /// Every session, ordered, with its account and timestamps as ISO text.
+    pub async fn sessions(&self) -> Vec<SessionRow> {
+        let sql = format!(
+            "SELECT a.customer_id, a.sub_account_id, s.source, {}, {}, {}, {} \
+             FROM sessions s JOIN accounts a ON a.id = s.account_id \
+             ORDER BY a.customer_id, a.sub_account_id IS NOT NULL, a.sub_account_id, s.source, s.session_created_at",
+            self.ts("s.session_created_at"),
+            self.ts("s.expires_at"),
+            self.ts("s.first_seen_at"),
+            self.ts("s.closed_at"),
+        );
+        self.rows(&sql)
+            .await
+            .into_iter()
+            .map(|r| SessionRow {
+                customer_id: r[0].as_ref().unwrap().parse().unwrap(),
+                sub_account_id: r[1].as_ref().map(|v| v.parse().unwrap()),
+                source: r[2].clone().unwrap(),
+                created_at: r[3].clone().unwrap(),
+                expires_at: r[4].clone().unwrap(),
+                first_seen_at: r[5].clone().unwrap(),
+                closed_at: r[6].clone(),
+            })
+            .collect()
+    }
+
+    /// Every run, in order.
+    pub async fn runs(&self) -> Vec<RunRow> {
+        let sql = format!(
+            "SELECT r.id, a.customer_id, r.status, {}, {}, r.rows_read, r.rows_rejected, \
+                    r.sessions_new, r.sessions_reopened, r.sessions_closed, r.error \
+             FROM sync_runs r JOIN accounts a ON a.id = r.account_id ORDER BY r.id",
+            self.ts("r.started_at"),
+            self.ts("r.finished_at"),
+        );
+        self.rows(&sql)
+            .await
+            .into_iter()
+            .map(|r| RunRow {
+                id: r[0].as_ref().unwrap().parse().unwrap(),
+                customer_id: r[1].as_ref().unwrap().parse().unwrap(),
+                status: r[2].clone().unwrap(),
+                started_at: r[3].clone().unwrap(),
+                finished_at: r[4].clone(),
+                rows_read: r[5].as_ref().unwrap().parse().unwrap(),
+                rows_rejected: r[6].as_ref().unwrap().parse().unwrap(),
+                sessions_new: r[7].as_ref().unwrap().parse().unwrap(),
+                sessions_reopened: r[8].as_ref().unwrap().parse().unwrap(),
+                sessions_closed: r[9].as_ref().unwrap().parse().unwrap(),
+                error: r[10].clone(),
+            })
+            .collect()
+    }
+
+    /// Every rejected record as (run id, line number, raw record, reason).
+    pub async fn rejected(&self) -> Vec<(i64, i64, String, String)> {
+        self.rows(
+            "SELECT run_id, line_number, raw_record, reason FROM rejected_rows ORDER BY run_id, line_number",
+        )
+        .await
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].as_ref().unwrap().parse().unwrap(),
+                r[1].as_ref().unwrap().parse().unwrap(),
+                r[2].clone().unwrap(),
+                r[3].clone().unwrap(),
+            )
+        })
+        .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub customer_id: i64,
+    pub sub_account_id: Option<i64>,
+    pub source: String,
+    pub created_at: String,
+    pub expires_at: String,
+    pub first_seen_at: String,
+    pub closed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    pub id: i64,
+    pub customer_id: i64,
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub rows_read: i64,
+    pub rows_rejected: i64,
+    pub sessions_new: i64,
+    pub sessions_reopened: i64,
+    pub sessions_closed: i64,
+    pub error: Option<String>,
+}
+
+/// No environment: tests never depend on the developer's shell.
+pub struct NoEnv;
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+/// The TOML a test runs with: the vendor's URL, the database, fast retries, and `extra`
+/// appended (more sections or `[[accounts]]`).
+pub fn config_text(vendor: &SimulatedVendor, db: &TestDb, extra: &str) -> String {
+    format!(
+        r#"
+database_url = "{db}"
+[api]
+base_url = "{base}"
+allow_insecure_http = true
+username = "{USER}"
+token = "{TOKEN}"
+timeout_secs = 2
+max_attempts = 3
+backoff_base_ms = 10
+max_retry_wait_secs = 5
+{extra}
+"#,
+        db = db.url,
+        base = vendor.base_url(),
+    )
+}
+
+/// One account without sub-account (customer 42) unless `extra` brings its own.
+pub fn config(vendor: &SimulatedVendor, db: &TestDb, extra: &str) -> Config {
+    let extra = if extra.contains("[[accounts]]") {
+        extra.to_owned()
+    } else {
+        format!("{extra}\n[[accounts]]\ncustomer_id = 42\nname = \"acme-br\"\n")
+    };
+    Config::from_toml(&config_text(vendor, db, &extra), Path::new("."), &NoEnv).unwrap()
+}
+
+/// A vendor, a database and a ready context for one account, customer 42.
+pub struct Harness {
+    pub vendor: SimulatedVendor,
+    pub db: TestDb,
+    pub config: Config,
+    pub ctx: SyncContext,
+    pub accounts: Vec<Account>,
+}
+
+impl Harness {
+    pub async fn new(backend: Backend) -> Harness {
+        Harness::with(backend, "").await
+    }
+
+    pub async fn with(backend: Backend, extra: &str) -> Harness {
+        let vendor = SimulatedVendor::start(USER, TOKEN).await.unwrap();
+        let db = TestDb::new(backend).await;
+        let config = config(&vendor, &db, extra);
+        let (ctx, accounts) = session_sync::startup::prepare(&config).await.unwrap();
+        Harness {
+            vendor,
+            db,
+            config,
+            ctx,
+            accounts,
+        }
+    }
+
+    /// Syncs the `i`th configured account once.
+    pub async fn sync(&self, i: usize) -> Result<RunReport, SyncError> {
+        sync_account(&self.ctx, &self.accounts[i], &CancellationToken::new()).await
+    }
+}
+
+/// `(source, created)` pairs, for [`SimulatedVendor::set_sessions`].
+pub fn sessions(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(s, c)| (s.to_string(), c.to_string()))
+        .collect()
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the library's real code paths and the real binary, against the
+//! simulated vendor on loopback and a real SQLite file or PostgreSQL server.
+//!
+//! Every scenario written as `async fn name(backend: Backend)` and listed in
+//! `on_both_backends!` runs twice: `name::sqlite` and `name::postgres`.
+
+mod helpers;
+
+mod apply;
+mod cli;
+mod daemon;
+mod download;
+mod rejected;
+mod request;
