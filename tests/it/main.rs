@@ -10,5 +10,6 @@ mod apply;
 mod cli;
 mod daemon;
 mod download;
+mod readme;
 mod rejected;
 mod request;
