@@ -6,6 +6,7 @@
 //! | 1 | a sync failed, or the database could not be reached or migrated |
 //! | 2 | the configuration is invalid (nothing was contacted) |
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -169,14 +170,16 @@ async fn sync_once(args: SyncArgs) -> ExitCode {
         .await;
     ctx.store.close().await;
     let mut failed = false;
+    // A closed stdout (`sync | head -1`) is no reason to panic.
+    let mut out = std::io::stdout().lock();
     for result in results {
-        match result {
-            Ok(report) => println!("{report}"),
+        let _ = match result {
+            Ok(report) => writeln!(out, "{report}"),
             Err(e) => {
                 failed = true;
-                println!("{}: FAILED: {}: {}", e.account, e.step, e.cause);
+                writeln!(out, "{}: FAILED: {}: {}", e.account, e.step, e.cause)
             }
-        }
+        };
     }
     if failed {
         ExitCode::from(EXIT_FAILED)

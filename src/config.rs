@@ -251,14 +251,21 @@ impl DatabaseUrl {
 }
 
 impl fmt::Display for DatabaseUrl {
+    /// Scheme, user, host, port and path; a password and the whole query string (which may
+    /// carry `password=`) are replaced by `REDACTED`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let raw = self.0.expose_secret();
         match Url::parse(raw) {
-            Ok(mut url) if url.password().is_some() => {
-                let _ = url.set_password(Some("REDACTED"));
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("REDACTED"));
+                }
+                if url.query().is_some() {
+                    url.set_query(Some("REDACTED"));
+                }
+                url.set_fragment(None);
                 f.write_str(url.as_str())
             }
-            Ok(_) => f.write_str(raw),
             Err(_) => f.write_str("[unparseable database URL]"),
         }
     }
@@ -274,6 +281,16 @@ impl fmt::Debug for DatabaseUrl {
 /// process's.
 pub trait Env {
     fn var(&self, key: &str) -> Option<String>;
+}
+
+/// No environment at all: what the demo runs with, so that a production database or token
+/// in the operator's shell can never reach it.
+pub struct NoEnv;
+
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The real process environment.
@@ -305,9 +322,19 @@ impl Config {
     /// Parses and validates TOML text; relative token files are resolved against
     /// `$CREDENTIALS_DIRECTORY` when set (systemd's `LoadCredential=`), else `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            message: e.to_string(),
+        // toml's own Display quotes the offending line, which may hold a token: keep only
+        // its message (which names the key) and the position.
+        let file: FileConfig = toml::from_str(text).map_err(|e| {
+            let position = e.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: ")
+            });
+            ConfigError::Parse {
+                path: PathBuf::from("<config>"),
+                message: format!("{}{}", position.unwrap_or_default(), e.message()),
+            }
         })?;
         resolve(file, base_dir, env)
     }
@@ -493,8 +520,11 @@ fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, C
     let cron = schedule.cron.unwrap_or_else(|| "0 */5 * * * *".to_owned());
     validate_cron("schedule.cron", &cron)?;
     let max_concurrent = schedule.max_concurrent.unwrap_or(4);
-    if max_concurrent == 0 {
-        return Err(invalid("schedule.max_concurrent", "must be at least 1"));
+    if !(1..=64).contains(&max_concurrent) {
+        return Err(invalid(
+            "schedule.max_concurrent",
+            "must be between 1 and 64",
+        ));
     }
 
     let sync = file.sync;
@@ -513,8 +543,11 @@ fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, C
         )
     })?;
     let session_window_hours = sync.session_window_hours.unwrap_or(24);
-    if session_window_hours == 0 {
-        return Err(invalid("sync.session_window_hours", "must be at least 1"));
+    if !(1..=8760).contains(&session_window_hours) {
+        return Err(invalid(
+            "sync.session_window_hours",
+            "must be between 1 and 8760 (a year)",
+        ));
     }
     let max_download_bytes = sync.max_download_bytes.unwrap_or(4 << 30);
     if max_download_bytes == 0 {
@@ -744,6 +777,21 @@ mod tests {
             assert!(!shown.contains("db-password"), "{shown}");
             assert!(shown.contains("REDACTED"), "{shown}");
         }
+    }
+
+    #[test]
+    fn a_mistyped_key_is_named_without_quoting_its_value() {
+        let text = MINIMAL.replace("token = ", "tokne = ");
+        let e = err_of(&text);
+        assert!(e.contains("tokne"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+        assert!(!e.contains("s3cret-token"), "{e}");
+    }
+
+    #[test]
+    fn a_password_in_the_database_query_string_is_redacted() {
+        let url = DatabaseUrl::parse("postgres://app@db/history?password=pg-SECRET").unwrap();
+        assert_eq!(url.to_string(), "postgres://app@db/history?REDACTED");
     }
 
     #[test]

@@ -66,9 +66,11 @@ pub async fn run(
                 };
                 tracker.spawn(async move {
                     let _guard = guard;
+                    // Stopping wins over a permit that frees up at the same moment.
                     let permit = tokio::select! {
-                        permit = semaphore.acquire_owned() => permit,
+                        biased;
                         () = stop_starting.cancelled() => return,
+                        permit = semaphore.acquire_owned() => permit,
                     };
                     let Ok(_permit) = permit else { return };
                     // Errors are logged and recorded by sync_account itself.

@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ProcessEnv};
+use crate::config::{Config, NoEnv};
 use crate::simulator::{AccountKey, ApiFault, CdnFault, SimulatedVendor};
 use crate::sync::sync_account;
 use crate::timestamp::Timestamp;
@@ -81,7 +81,7 @@ max_concurrent = 3
             text.push_str(&format!("sub_account_id = {sub}\n"));
         }
     }
-    Config::from_toml(&text, Path::new("."), &ProcessEnv).context("the demo's configuration")
+    Config::from_toml(&text, Path::new("."), &NoEnv).context("the demo's configuration")
 }
 
 /// Runs the demo, writing `database`.

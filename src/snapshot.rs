@@ -20,6 +20,8 @@ use crate::timestamp::{parse_timestamp, Timestamp};
 
 /// The longest header line accepted; anything longer is not the vendor's two-column file.
 pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// The longest line accepted anywhere in the file; the vendor's lines are about 40 bytes.
+pub const MAX_LINE_BYTES: u64 = 1024 * 1024;
 /// How much of a rejected record is kept in `rejected_rows.raw_record`.
 pub const MAX_RAW_RECORD_BYTES: usize = 1024;
 
@@ -35,10 +37,30 @@ pub enum SnapshotError {
     HeaderTooLong,
     #[error("the header has no {missing} column (header seen: {seen:?}): not a session CSV")]
     MissingColumns { missing: &'static str, seen: String },
+    #[error("line {line}: a quoted field runs past the end of its line (a stray quote?): the file cannot be split into records reliably")]
+    QuoteAcrossLines { line: u64 },
+    #[error("line {line} is longer than {MAX_LINE_BYTES} bytes: not a session CSV")]
+    LineTooLong { line: u64 },
     #[error("reading the file failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("reading the file failed: {0}")]
     Csv(#[from] csv_async::Error),
+}
+
+impl SnapshotError {
+    /// csv wraps I/O errors, and so our own [`LineGuard`] errors: unwrap them again.
+    fn from_csv(e: csv_async::Error) -> SnapshotError {
+        if !matches!(e.kind(), csv_async::ErrorKind::Io(_)) {
+            return SnapshotError::Csv(e);
+        }
+        match e.into_kind() {
+            csv_async::ErrorKind::Io(io) => match io.downcast::<SnapshotError>() {
+                Ok(ours) => ours,
+                Err(io) => SnapshotError::Io(io),
+            },
+            _ => unreachable!("checked above"),
+        }
+    }
 }
 
 /// A phone number as stored: 8 to 15 ASCII digits, held inline.
@@ -108,6 +130,9 @@ pub struct Rejection {
     pub line_number: u64,
     pub raw_record: String,
     pub reason: String,
+    /// The number, when only the timestamp was unusable: the vendor still lists a session of
+    /// this number, so none of its open sessions may be closed by this snapshot.
+    pub listed_number: Option<PhoneNumber>,
 }
 
 /// One data record of the file.
@@ -127,7 +152,7 @@ pub struct SnapshotReader<R> {
     tz: Tz,
 }
 
-type HeaderThenRest<R> = tokio::io::Chain<std::io::Cursor<Vec<u8>>, BufReader<R>>;
+type HeaderThenRest<R> = LineGuard<tokio::io::Chain<std::io::Cursor<Vec<u8>>, BufReader<R>>>;
 
 impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
     /// Reads the header line, picks the delimiter and finds the two columns.
@@ -155,8 +180,15 @@ impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
             .terminator(csv_async::Terminator::Any(b'\n'))
             .flexible(true)
             .has_headers(true)
-            .create_reader(std::io::Cursor::new(header).chain(reader));
-        let headers = csv.byte_headers().await?.clone();
+            .create_reader(LineGuard::new(
+                std::io::Cursor::new(header).chain(reader),
+                delimiter,
+            ));
+        let headers = csv
+            .byte_headers()
+            .await
+            .map_err(SnapshotError::from_csv)?
+            .clone();
         let find = |names: &[&str]| {
             headers.iter().position(|h| {
                 let h = String::from_utf8_lossy(h);
@@ -186,7 +218,12 @@ impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
     /// The next data record, or `None` at the end of the file.
     pub async fn next_row(&mut self) -> Result<Option<Row>, SnapshotError> {
         loop {
-            if !self.csv.read_byte_record(&mut self.record).await? {
+            if !self
+                .csv
+                .read_byte_record(&mut self.record)
+                .await
+                .map_err(SnapshotError::from_csv)?
+            {
                 return Ok(None);
             }
             // A blank line (CRLF files included) is no record.
@@ -194,37 +231,151 @@ impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
                 break;
             }
         }
-        let line_number = self.record.position().map_or(0, |p| p.line());
+        let reported = self.record.position().map_or(0, |p| p.line());
+        let line_number = self.csv.get_mut().correct_line(reported);
         Ok(Some(match self.classify() {
             Ok(key) => Row::Session(key),
-            Err(reason) => Row::Rejected(Rejection {
+            Err((reason, listed_number)) => Row::Rejected(Rejection {
                 line_number,
                 raw_record: truncate_lossy(
                     &join_fields(&self.record, self.delimiter),
                     MAX_RAW_RECORD_BYTES,
                 ),
                 reason,
+                listed_number,
             }),
         }))
     }
 
-    fn classify(&self) -> Result<SessionKey, String> {
+    /// The record's session, or why not (with the number when only the timestamp failed).
+    fn classify(&self) -> Result<SessionKey, (String, Option<PhoneNumber>)> {
         let (Some(source), Some(created)) = (
             self.record.get(self.source_idx),
             self.record.get(self.created_idx),
         ) else {
-            return Err(format!(
+            let reason = format!(
                 "record has {} fields; the header names {}",
                 self.record.len(),
                 self.source_idx.max(self.created_idx) + 1
-            ));
+            );
+            // The number may still be there: protect its sessions.
+            let listed = self
+                .record
+                .get(self.source_idx)
+                .and_then(|s| PhoneNumber::parse(s).ok());
+            return Err((reason, listed));
         };
-        let source = PhoneNumber::parse(source).map_err(str::to_owned)?;
-        let created = std::str::from_utf8(created)
-            .map_err(|_| "session_created_at is not valid UTF-8".to_owned())?;
-        let created_at =
-            parse_timestamp(created, self.tz).map_err(|e| format!("session_created_at: {e}"))?;
+        let source = PhoneNumber::parse(source).map_err(|e| (e.to_owned(), None))?;
+        let created = std::str::from_utf8(created).map_err(|_| {
+            (
+                "session_created_at is not valid UTF-8".to_owned(),
+                Some(source),
+            )
+        })?;
+        let created_at = parse_timestamp(created, self.tz)
+            .map_err(|e| (format!("session_created_at: {e}"), Some(source)))?;
         Ok(SessionKey { source, created_at })
+    }
+}
+
+/// Follows csv's quoting rules byte by byte and stops the file where a quoted field would
+/// run into the next line or a line grows past [`MAX_LINE_BYTES`]. The vendor's fields never
+/// hold a newline, so a quote left open is a broken file: without this guard it would
+/// silently swallow the records that follow (and buffer them), and the sessions on those
+/// lines would be closed as if the vendor no longer listed them.
+pub struct LineGuard<R> {
+    inner: R,
+    delimiter: u8,
+    state: QuoteState,
+    line: u64,
+    line_bytes: u64,
+    /// Empty lines seen ahead of the records handed out: csv skips them and then reports the
+    /// next record at the first skipped line's number, which [`SnapshotReader::next_row`]
+    /// corrects with these. Pruned as records pass, so it stays small.
+    blank_lines: std::collections::VecDeque<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QuoteState {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    QuoteInQuoted,
+}
+
+impl<R> LineGuard<R> {
+    fn new(inner: R, delimiter: u8) -> Self {
+        LineGuard {
+            inner,
+            delimiter,
+            state: QuoteState::FieldStart,
+            line: 1,
+            line_bytes: 0,
+            blank_lines: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The true line of a record that csv reports at `line`.
+    fn correct_line(&mut self, mut line: u64) -> u64 {
+        while let Some(&blank) = self.blank_lines.front() {
+            if blank > line {
+                break;
+            }
+            if blank == line {
+                line += 1;
+            }
+            self.blank_lines.pop_front();
+        }
+        line
+    }
+
+    fn scan(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        use QuoteState::*;
+        for &c in bytes {
+            self.line_bytes += 1;
+            if c == b'\n' {
+                if self.state == Quoted {
+                    return Err(SnapshotError::QuoteAcrossLines { line: self.line });
+                }
+                if self.line_bytes == 1 {
+                    self.blank_lines.push_back(self.line);
+                }
+                self.state = FieldStart;
+                self.line += 1;
+                self.line_bytes = 0;
+                continue;
+            }
+            if self.line_bytes > MAX_LINE_BYTES {
+                return Err(SnapshotError::LineTooLong { line: self.line });
+            }
+            self.state = match (self.state, c) {
+                (FieldStart, b'"') => Quoted,
+                (Quoted, b'"') => QuoteInQuoted,
+                (Quoted, _) => Quoted,
+                (QuoteInQuoted, b'"') => Quoted,
+                (_, d) if d == self.delimiter => FieldStart,
+                _ => Unquoted,
+            };
+        }
+        Ok(())
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for LineGuard<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let poll = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = poll {
+            if let Err(e) = this.scan(&buf.filled()[before..]) {
+                return std::task::Poll::Ready(Err(std::io::Error::other(e)));
+            }
+        }
+        poll
     }
 }
 
@@ -386,48 +537,70 @@ mod tests {
             5519900000000,2017-12-18T17:09:31.473Z\n\
             55199abc00000,2017-12-18T17:09:31.473Z\n\
             1234567,2017-12-18T17:09:31.473Z\n\
-            \"5519900000002\",\"multi\nline\"\n\
+            \"5519900000002\",\"not \"\"a\"\" time\"\n\
+            \n\
             5519900000003\n\
             5519900000004,2017-12-18T17:09:31\0Z\n";
         let crlf: Vec<u8> = String::from_utf8_lossy(body)
             .replace('\n', "\r\n")
             .into_bytes();
         let rows = read_all(body).await.unwrap();
-        let lines_and_reasons = |rows: &[Row]| -> Vec<(u64, String)> {
-            rows.iter()
-                .filter_map(|r| match r {
-                    Row::Rejected(r) => Some((r.line_number, r.reason.clone())),
-                    _ => None,
-                })
-                .collect()
-        };
-        assert_eq!(
-            lines_and_reasons(&rows),
-            lines_and_reasons(&read_all(&crlf).await.unwrap()),
-            "CRLF files number their lines as LF files do"
-        );
-        let rejected: Vec<(u64, &str)> = rows
+        assert_eq!(rows, read_all(&crlf).await.unwrap(), "CRLF reads as LF");
+        let rejected: Vec<&Rejection> = rows
             .iter()
             .filter_map(|r| match r {
-                Row::Rejected(r) => Some((r.line_number, r.reason.as_str())),
+                Row::Rejected(r) => Some(r),
                 _ => None,
             })
             .collect();
-        assert_eq!(rows.len(), 6);
+        assert_eq!(rows.len(), 6, "the blank line is no record");
         assert_eq!(rejected.len(), 5, "{rejected:?}");
-        assert_eq!(rejected[0].0, 3);
-        assert!(rejected[0].1.contains("character other than digits"));
-        assert_eq!(rejected[1], (4, "number has fewer than 8 digits"));
-        assert_eq!(rejected[2].0, 5);
-        assert!(rejected[2].1.starts_with("session_created_at"));
-        // The quoted field spanned two lines, so the next record starts on line 7.
-        assert_eq!(rejected[3].0, 7);
-        assert!(rejected[3].1.contains("fields"));
-        assert_eq!(rejected[4].0, 8);
-        let Row::Rejected(nul) = &rows[5] else {
-            panic!()
-        };
-        assert!(!nul.raw_record.contains('\0'));
+        assert_eq!(rejected[0].line_number, 3);
+        assert!(rejected[0].reason.contains("character other than digits"));
+        assert_eq!(rejected[0].listed_number, None);
+        assert_eq!(rejected[1].line_number, 4);
+        assert_eq!(rejected[1].reason, "number has fewer than 8 digits");
+        assert_eq!(rejected[2].line_number, 5);
+        assert!(rejected[2].reason.starts_with("session_created_at"));
+        assert_eq!(
+            rejected[2].raw_record,
+            "5519900000002,\"not \"\"a\"\" time\""
+        );
+        // Only the timestamp was bad: the number is still listed by the vendor.
+        assert_eq!(
+            rejected[2].listed_number.map(|n| n.to_string()).as_deref(),
+            Some("5519900000002")
+        );
+        assert_eq!(rejected[3].line_number, 7);
+        assert!(rejected[3].reason.contains("fields"));
+        assert_eq!(rejected[4].line_number, 8);
+        assert!(!rejected[4].raw_record.contains('\0'));
+    }
+
+    #[tokio::test]
+    async fn a_quote_left_open_fails_the_file_instead_of_swallowing_lines() {
+        let body = b"source,session_created_at\n\
+            5519900000001,2017-12-18T17:09:31.473Z\n\
+            \"5519900000002,2017-12-18T17:09:31.473Z\n\
+            5519900000003,2017-12-18T17:09:31.473Z\n";
+        assert!(matches!(
+            read_all(body).await,
+            Err(SnapshotError::QuoteAcrossLines { line: 3 })
+        ));
+        // A quote inside an unquoted field is a literal, as csv reads it.
+        let body = b"source,session_created_at\n55\"19900000001,2017-12-18T17:09:31.473Z\n";
+        let rows = read_all(body).await.unwrap();
+        assert!(matches!(&rows[0], Row::Rejected(r) if r.line_number == 2));
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_fails_the_file_without_buffering_it() {
+        let mut body = b"source,session_created_at\n5519900000001,".to_vec();
+        body.extend(std::iter::repeat_n(b'9', MAX_LINE_BYTES as usize + 10));
+        assert!(matches!(
+            read_all(&body).await,
+            Err(SnapshotError::LineTooLong { line: 2 })
+        ));
     }
 
     #[test]

@@ -264,7 +264,11 @@ async fn run_body(
 ) -> Result<(ReadCounts, ApplyCounts), Failure> {
     let download = open_snapshot(&ctx.vendor, &account.config).await?;
 
-    let mut staging = ctx.store.stage().await.map_err(|e| fail(Step::Stage, e))?;
+    let mut staging = ctx
+        .store
+        .stage(ctx.settings.session_window_hours)
+        .await
+        .map_err(|e| fail(Step::Stage, e))?;
     let mut counts = ReadCounts::default();
     if let Err((step, cause)) =
         stream_into(&mut staging, download, &ctx.settings, &mut counts).await
@@ -297,7 +301,6 @@ async fn run_body(
             run,
             run_started_at: started_at,
             finished_at: Timestamp::now(),
-            session_window_hours: ctx.settings.session_window_hours,
             counts,
         })
         .await

@@ -23,9 +23,6 @@ pub struct Timestamp(i64);
 const MS_PER_DAY: i64 = 86_400_000;
 /// 10000-01-01T00:00:00Z.
 const MAX_EXCLUSIVE_MS: i64 = 253_402_300_800_000;
-/// Epoch values at or above this are milliseconds, below it seconds: 1e11 seconds is the year
-/// 5138, while 1e11 milliseconds is March 1973, before any WhatsApp session.
-const EPOCH_MS_THRESHOLD: u64 = 100_000_000_000;
 
 /// Why a `session_created_at` value was rejected; the text goes to `rejected_rows.reason`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +33,8 @@ pub enum TimestampError {
     Format,
     #[error("date or time out of range")]
     OutOfRange,
+    #[error("an epoch value must have 10 digits (seconds) or 13 (milliseconds)")]
+    EpochDigits,
     #[error("local time does not exist in {0} (skipped by a clock change)")]
     NonexistentLocalTime(&'static str),
 }
@@ -194,15 +193,17 @@ pub fn parse_timestamp(raw: &str, tz: Tz) -> Result<Timestamp, TimestampError> {
     parse_calendar(b, tz)
 }
 
+/// Epoch seconds are 10 digits and epoch milliseconds 13 for every instant from 2001 to
+/// 2286; any other length is ambiguous (`20171218170931` is a compact date, not an epoch)
+/// and is rejected rather than guessed.
 fn parse_epoch(s: &str) -> Result<Timestamp, TimestampError> {
-    // More than 19 digits cannot be an instant we can store; `parse` would overflow.
-    let v: u64 = s.parse().map_err(|_| TimestampError::OutOfRange)?;
-    let ms = if v >= EPOCH_MS_THRESHOLD {
-        i64::try_from(v).map_err(|_| TimestampError::OutOfRange)?
-    } else {
-        (v as i64) * 1000
+    let scale = match s.len() {
+        10 => 1000,
+        13 => 1,
+        _ => return Err(TimestampError::EpochDigits),
     };
-    Timestamp::from_millis(ms).ok_or(TimestampError::OutOfRange)
+    let v: i64 = s.parse().map_err(|_| TimestampError::OutOfRange)?;
+    Timestamp::from_millis(v * scale).ok_or(TimestampError::OutOfRange)
 }
 
 fn parse_calendar(b: &[u8], tz: Tz) -> Result<Timestamp, TimestampError> {
@@ -367,6 +368,8 @@ mod tests {
             "2017-12-18T17:09:31Zjunk",
             "2017-12-18",
             "99999999999999999999999",
+            "20171218170931",
+            "151361697",
             "-1513616971",
             "1513616971.5x",
         ] {

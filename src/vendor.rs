@@ -250,7 +250,7 @@ impl VendorClient {
             });
         }
         if !status.is_success() {
-            return Err(status_error(response).await);
+            return Err(status_error(response, true).await);
         }
         let body = response.bytes().await.map_err(VendorError::transport)?;
         parse_file_url(&body)
@@ -275,7 +275,8 @@ impl VendorClient {
                     match status.as_u16() {
                         200..=299 => Ok(response),
                         403 | 404 | 410 => Err(VendorError::LinkExpired(status.as_u16())),
-                        _ => Err(status_error(response).await),
+                        // The CDN's error bodies may echo the signed link: keep only the status.
+                        _ => Err(status_error(response, false).await),
                     }
                 })
             })
@@ -297,7 +298,11 @@ impl VendorClient {
             .map_err(|e| VendorError::BadAnswer(format!("reading the file failed: {e}")))?
             .starts_with(&[0x1f, 0x8b]);
         let inner: Box<dyn AsyncRead + Send + Unpin> = if is_gzip {
-            Box::new(async_compression::tokio::bufread::GzipDecoder::new(reader))
+            // A gzip file may hold several members (pigz, streaming writers): read them all,
+            // or a snapshot would silently end after the first.
+            let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(reader);
+            decoder.multiple_members(true);
+            Box::new(decoder)
         } else {
             Box::new(reader)
         };
@@ -309,7 +314,7 @@ impl VendorClient {
     }
 }
 
-async fn status_error(response: reqwest::Response) -> VendorError {
+async fn status_error(response: reqwest::Response, with_body: bool) -> VendorError {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -317,7 +322,11 @@ async fn status_error(response: reqwest::Response) -> VendorError {
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
     // A short, printable excerpt of the body helps an operator; never more.
-    let body = response.text().await.unwrap_or_default();
+    let body = if with_body {
+        response.text().await.unwrap_or_default()
+    } else {
+        String::new()
+    };
     let excerpt: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
     let detail = if excerpt.trim().is_empty() {
         String::new()

@@ -84,7 +84,6 @@ pub struct ApplyParams {
     /// Stamped on new sessions (`first_seen_at`) and on closed ones (`closed_at`).
     pub run_started_at: Timestamp,
     pub finished_at: Timestamp,
-    pub session_window_hours: u32,
     pub counts: ReadCounts,
 }
 
@@ -178,11 +177,12 @@ impl Store {
         dispatch!(self, s => s.finish_run_unapplied(run, status, finished_at, error, counts).await)
     }
 
-    /// Opens a staging area for one run's snapshot.
-    pub async fn stage(&self) -> Result<Staging, StoreError> {
+    /// Opens a staging area for one run's snapshot; `expires_at` of each staged session is
+    /// `session_created_at` plus `session_window_hours`.
+    pub async fn stage(&self, session_window_hours: u32) -> Result<Staging, StoreError> {
         Ok(match self {
-            Store::Sqlite(s) => Staging::Sqlite(s.stage().await?),
-            Store::Postgres(s) => Staging::Postgres(s.stage().await?),
+            Store::Sqlite(s) => Staging::Sqlite(s.stage(session_window_hours).await?),
+            Store::Postgres(s) => Staging::Postgres(s.stage(session_window_hours).await?),
         })
     }
 
@@ -254,7 +254,7 @@ pub struct AccountSummary {
     pub runs_failed: i64,
 }
 
-/// How many (source, created_at) pairs go into one multi-row statement: 2 binds each, far
+/// How many staged sessions go into one multi-row statement: 3 binds each, far
 /// below SQLite's 32766 and PostgreSQL's 65535 bind limits.
 const BATCH_ROWS: usize = 500;
 /// Rejected records per multi-row statement (4 binds each).

@@ -113,7 +113,7 @@ impl PostgresStore {
         finish_unapplied(&mut conn, run, status, finished_at, error, counts).await
     }
 
-    pub async fn stage(&self) -> Result<PostgresStaging, StoreError> {
+    pub async fn stage(&self, session_window_hours: u32) -> Result<PostgresStaging, StoreError> {
         let mut conn = self
             .pool
             .acquire()
@@ -122,16 +122,19 @@ impl PostgresStore {
         (&mut *conn)
             .execute(
                 "CREATE TEMP TABLE IF NOT EXISTS staging_sessions \
-                     (source text NOT NULL, created_at timestamptz NOT NULL);
+                     (source text NOT NULL, created_at timestamptz NOT NULL, \
+                      expires_at timestamptz NOT NULL);
                  CREATE TEMP TABLE IF NOT EXISTS staging_rejected \
-                     (line_number bigint NOT NULL, raw_record text NOT NULL, reason text NOT NULL);
+                     (line_number bigint NOT NULL, raw_record text NOT NULL, reason text NOT NULL, \
+                      listed_source text);
                  TRUNCATE staging_sessions, staging_rejected;",
             )
             .await
             .doing("opening the staging area")?;
         Ok(PostgresStaging {
             conn,
-            copy: Vec::with_capacity(COPY_CHUNK_BYTES + 64),
+            copy: Vec::with_capacity(COPY_CHUNK_BYTES + 128),
+            session_window_hours,
             rejected: Vec::new(),
         })
     }
@@ -192,19 +195,25 @@ async fn finish_unapplied(
 /// One run's snapshot, staged in the connection's temporary tables.
 pub struct PostgresStaging {
     conn: PoolConnection<Postgres>,
-    /// COPY text format: `source \t created_at \n`; both are plain ASCII without tabs,
-    /// newlines or backslashes, so they need no escaping.
+    /// COPY text format: `source \t created_at \t expires_at \n`; all plain ASCII without
+    /// tabs, newlines or backslashes, so they need no escaping.
     copy: Vec<u8>,
+    session_window_hours: u32,
     rejected: Vec<Rejection>,
 }
 
 impl PostgresStaging {
     pub async fn add_session(&mut self, key: &SessionKey) -> Result<(), StoreError> {
-        let mut created = [0u8; 24];
-        key.created_at.write_iso(&mut created);
+        let mut instant = [0u8; 24];
         self.copy.extend_from_slice(key.source.as_str().as_bytes());
         self.copy.push(b'\t');
-        self.copy.extend_from_slice(&created);
+        key.created_at.write_iso(&mut instant);
+        self.copy.extend_from_slice(&instant);
+        self.copy.push(b'\t');
+        key.created_at
+            .plus_hours(self.session_window_hours)
+            .write_iso(&mut instant);
+        self.copy.extend_from_slice(&instant);
         self.copy.push(b'\n');
         if self.copy.len() >= COPY_CHUNK_BYTES {
             self.flush_sessions().await?;
@@ -226,7 +235,7 @@ impl PostgresStaging {
         }
         let mut copy = self
             .conn
-            .copy_in_raw("COPY staging_sessions (source, created_at) FROM STDIN")
+            .copy_in_raw("COPY staging_sessions (source, created_at, expires_at) FROM STDIN")
             .await
             .doing("staging the snapshot")?;
         copy.send(self.copy.as_slice())
@@ -248,13 +257,19 @@ impl PostgresStaging {
             .map(|r| r.raw_record.as_str())
             .collect();
         let reasons: Vec<&str> = self.rejected.iter().map(|r| r.reason.as_str()).collect();
+        let listed: Vec<Option<&str>> = self
+            .rejected
+            .iter()
+            .map(|r| r.listed_number.as_ref().map(|n| n.as_str()))
+            .collect();
         sqlx::query(
-            "INSERT INTO staging_rejected (line_number, raw_record, reason) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[])",
+            "INSERT INTO staging_rejected (line_number, raw_record, reason, listed_source) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[])",
         )
         .bind(&lines)
         .bind(&raws)
         .bind(&reasons)
+        .bind(&listed)
         .execute(&mut *self.conn)
         .await
         .doing("staging rejected records")?;
@@ -288,7 +303,9 @@ impl PostgresStaging {
             "UPDATE sessions s SET closed_at = $1 \
              WHERE s.account_id = $2 AND s.closed_at IS NULL AND NOT EXISTS ( \
                  SELECT 1 FROM staging_sessions t \
-                 WHERE t.source = s.source AND t.created_at = s.session_created_at)",
+                 WHERE t.source = s.source AND t.created_at = s.session_created_at) \
+               AND NOT EXISTS ( \
+                 SELECT 1 FROM staging_rejected r WHERE r.listed_source = s.source)",
         )
         .bind(now)
         .bind(p.account.0)
@@ -309,12 +326,12 @@ impl PostgresStaging {
         let new = sqlx::query(
             "INSERT INTO sessions \
                  (account_id, source, session_created_at, expires_at, first_seen_at) \
-             SELECT $1, source, created_at, created_at + make_interval(hours => $2), $3 \
+             SELECT $1, source, created_at, expires_at, $2 \
              FROM staging_sessions \
+             ORDER BY source, created_at \
              ON CONFLICT DO NOTHING",
         )
         .bind(p.account.0)
-        .bind(i32::try_from(p.session_window_hours).unwrap_or(i32::MAX))
         .bind(now)
         .execute(&mut *tx)
         .await

@@ -130,7 +130,7 @@ impl SqliteStore {
         finish_unapplied(&mut conn, run, status, finished_at, error, counts).await
     }
 
-    pub async fn stage(&self) -> Result<SqliteStaging, StoreError> {
+    pub async fn stage(&self, session_window_hours: u32) -> Result<SqliteStaging, StoreError> {
         let mut conn = self
             .pool
             .acquire()
@@ -140,19 +140,22 @@ impl SqliteStore {
             .execute(
                 "DROP TABLE IF EXISTS temp.staging_sessions;
              DROP TABLE IF EXISTS temp.staging_rejected;
-             CREATE TEMP TABLE staging_sessions (source TEXT NOT NULL, created_at TEXT NOT NULL);
+             CREATE TEMP TABLE staging_sessions (
+                 source TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL);
              CREATE TEMP TABLE staging_rejected (
-                 line_number INTEGER NOT NULL, raw_record TEXT NOT NULL, reason TEXT NOT NULL);",
+                 line_number INTEGER NOT NULL, raw_record TEXT NOT NULL, reason TEXT NOT NULL,
+                 listed_source TEXT);",
             )
             .await
             .doing("opening the staging area")?;
         Ok(SqliteStaging {
             conn,
             sessions: Vec::with_capacity(BATCH_ROWS),
+            session_window_hours,
             rejected: Vec::new(),
             insert_full_batch: values_sql(
-                "INSERT INTO temp.staging_sessions (source, created_at) VALUES ",
-                2,
+                "INSERT INTO temp.staging_sessions (source, created_at, expires_at) VALUES ",
+                3,
                 BATCH_ROWS,
             ),
         })
@@ -228,16 +231,21 @@ fn values_sql(prefix: &str, width: usize, rows: usize) -> String {
 /// One run's snapshot, staged in the connection's temporary tables.
 pub struct SqliteStaging {
     conn: PoolConnection<Sqlite>,
-    sessions: Vec<(PhoneNumber, [u8; 24])>,
+    /// (source, created_at, expires_at), the instants as stored text.
+    sessions: Vec<(PhoneNumber, [u8; 24], [u8; 24])>,
+    session_window_hours: u32,
     rejected: Vec<Rejection>,
     insert_full_batch: String,
 }
 
 impl SqliteStaging {
     pub async fn add_session(&mut self, key: &SessionKey) -> Result<(), StoreError> {
-        let mut created = [0u8; 24];
+        let (mut created, mut expires) = ([0u8; 24], [0u8; 24]);
         key.created_at.write_iso(&mut created);
-        self.sessions.push((key.source, created));
+        key.created_at
+            .plus_hours(self.session_window_hours)
+            .write_iso(&mut expires);
+        self.sessions.push((key.source, created, expires));
         if self.sessions.len() == BATCH_ROWS {
             self.flush_sessions().await?;
         }
@@ -261,17 +269,18 @@ impl SqliteStaging {
             self.insert_full_batch.as_str()
         } else {
             partial = values_sql(
-                "INSERT INTO temp.staging_sessions (source, created_at) VALUES ",
-                2,
+                "INSERT INTO temp.staging_sessions (source, created_at, expires_at) VALUES ",
+                3,
                 self.sessions.len(),
             );
             partial.as_str()
         };
         let mut query = sqlx::query(sql);
-        for (source, created) in &self.sessions {
+        for (source, created, expires) in &self.sessions {
             query = query
                 .bind(source.as_str())
-                .bind(std::str::from_utf8(created).unwrap_or_default());
+                .bind(std::str::from_utf8(created).unwrap_or_default())
+                .bind(std::str::from_utf8(expires).unwrap_or_default());
         }
         query
             .execute(&mut *self.conn)
@@ -286,8 +295,8 @@ impl SqliteStaging {
             return Ok(());
         }
         let sql = values_sql(
-            "INSERT INTO temp.staging_rejected (line_number, raw_record, reason) VALUES ",
-            3,
+            "INSERT INTO temp.staging_rejected (line_number, raw_record, reason, listed_source) VALUES ",
+            4,
             self.rejected.len(),
         );
         let mut query = sqlx::query(&sql);
@@ -295,7 +304,8 @@ impl SqliteStaging {
             query = query
                 .bind(r.line_number as i64)
                 .bind(r.raw_record.as_str())
-                .bind(r.reason.as_str());
+                .bind(r.reason.as_str())
+                .bind(r.listed_number.as_ref().map(|n| n.as_str()));
         }
         query
             .execute(&mut *self.conn)
@@ -331,7 +341,10 @@ impl SqliteStaging {
             "UPDATE sessions SET closed_at = ?1 \
              WHERE account_id = ?2 AND closed_at IS NULL AND NOT EXISTS ( \
                  SELECT 1 FROM temp.staging_sessions t \
-                 WHERE t.source = sessions.source AND t.created_at = sessions.session_created_at)",
+                 WHERE t.source = sessions.source AND t.created_at = sessions.session_created_at) \
+               AND source NOT IN ( \
+                 SELECT listed_source FROM temp.staging_rejected \
+                 WHERE listed_source IS NOT NULL)",
         )
         .bind(&now)
         .bind(p.account.0)
@@ -352,13 +365,12 @@ impl SqliteStaging {
         let new = sqlx::query(
             "INSERT INTO sessions \
                  (account_id, source, session_created_at, expires_at, first_seen_at) \
-             SELECT ?1, source, created_at, \
-                 strftime('%Y-%m-%dT%H:%M:%fZ', created_at, ?2), ?3 \
+             SELECT ?1, source, created_at, expires_at, ?2 \
              FROM temp.staging_sessions WHERE true \
+             ORDER BY source, created_at \
              ON CONFLICT DO NOTHING",
         )
         .bind(p.account.0)
-        .bind(format!("+{} hours", p.session_window_hours))
         .bind(&now)
         .execute(&mut *tx)
         .await

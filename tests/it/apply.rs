@@ -128,6 +128,46 @@ async fn a_closed_session_listed_again_is_reopened_not_duplicated(backend: Backe
     assert_eq!(rows[0].first_seen_at, h.db.runs().await[0].started_at);
 }
 
+async fn a_failed_run_leaves_closing_to_the_next_successful_run(backend: Backend) {
+    let h = Harness::new(backend).await;
+    h.vendor.set_sessions(
+        (42, None),
+        &sessions(&[("5519900000001", T1), ("5519900000002", T2)]),
+    );
+    h.sync(0).await.unwrap();
+    h.vendor
+        .set_sessions((42, None), &sessions(&[("5519900000002", T2)]));
+    h.vendor.push_cdn_fault(
+        (42, None),
+        session_sync::simulator::CdnFault::Raw(b"<html>maintenance</html>".to_vec()),
+    );
+    h.sync(0).await.unwrap_err();
+    h.sync(0).await.unwrap();
+    let runs = h.db.runs().await;
+    assert_eq!(
+        runs.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(),
+        ["succeeded", "failed", "succeeded"]
+    );
+    let rows = h.db.sessions().await;
+    assert_eq!(
+        rows[0].closed_at.as_deref(),
+        Some(runs[2].started_at.as_str())
+    );
+    // last_seen_at of the closed session is the last successful run that listed it: run 1,
+    // not the failed run in between.
+    let last_seen = h
+        .db
+        .rows(&match backend {
+            Backend::Sqlite => "SELECT last_seen_at FROM session_history WHERE NOT is_open".to_owned(),
+            Backend::Postgres => "SELECT to_char(last_seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM session_history WHERE NOT is_open".to_owned(),
+        })
+        .await;
+    assert_eq!(
+        last_seen[0][0].as_deref(),
+        Some(runs[0].started_at.as_str())
+    );
+}
+
 async fn a_new_session_of_the_same_number_is_a_new_row(backend: Backend) {
     let h = Harness::new(backend).await;
     h.vendor
@@ -259,6 +299,7 @@ on_both_backends!(
     later_syncs_keep_known_sessions_close_missing_ones_and_add_new,
     a_closed_session_listed_again_is_reopened_not_duplicated,
     a_new_session_of_the_same_number_is_a_new_row,
+    a_failed_run_leaves_closing_to_the_next_successful_run,
     duplicate_lines_count_once,
     a_header_only_file_closes_every_open_session,
     accounts_are_independent_including_the_same_customer_with_and_without_sub_account,

@@ -1,31 +1,53 @@
 //! The daemon: cron ticks, no overlap per account, a slow account never holds up the others,
-//! and shutdown drains or abandons running runs.
+//! at most max_concurrent runs at once, and shutdown drains or abandons running runs.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use session_sync::simulator::ApiFault;
 
-use crate::helpers::{sessions, Backend, Harness};
+use crate::helpers::{sessions, Backend, Harness, TestDb};
 use crate::on_both_backends;
 
 const T1: &str = "2026-11-20T10:00:00.000Z";
 
-/// Runs the daemon for `secs` seconds, then sends the shutdown.
-async fn run_daemon_for(h: &Harness, secs: f64) -> Duration {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+/// Runs the daemon until `stop` completes, then sends the shutdown; returns how long the
+/// daemon took to stop after that.
+async fn run_daemon_until(
+    h: &Harness,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Duration {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Instant>();
     let stopper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-        let _ = stop_tx.send(());
+        stop.await;
+        let _ = stop_tx.send(Instant::now());
     });
     let ctx = h.ctx.clone();
-    let started = Instant::now();
+    let mut asked = None;
     session_sync::daemon::run(&h.config, ctx, h.accounts.clone(), async {
-        let _ = stop_rx.await;
+        asked = stop_rx.await.ok();
     })
     .await
     .unwrap();
     stopper.await.unwrap();
-    started.elapsed()
+    asked.map_or(Duration::ZERO, |at| at.elapsed())
+}
+
+async fn after(secs: f64) {
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+}
+
+/// Completes once a run of the database is `running`.
+async fn a_run_is_running(url: String, backend: Backend) {
+    let db = TestDb::existing(backend, &url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if db.runs().await.iter().any(|r| r.status == "running") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no run started within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn ticks_sync_every_account_and_a_slow_one_never_holds_up_the_others(backend: Backend) {
@@ -39,18 +61,21 @@ async fn ticks_sync_every_account_and_a_slow_one_never_holds_up_the_others(backe
         .set_sessions((42, None), &sessions(&[("5519900000001", T1)]));
     h.vendor
         .set_sessions((43, None), &sessions(&[("5519900000002", T1)]));
-    // Customer 43's API answers take 1.6 s, so its runs outlast a tick.
+    // Customer 43's API answers take 1.2 s (the client waits 2 s), so its runs outlast a tick.
     for _ in 0..10 {
         h.vendor
-            .push_api_fault((43, None), ApiFault::Delay(Duration::from_millis(1600)));
+            .push_api_fault((43, None), ApiFault::Delay(Duration::from_millis(1200)));
     }
-    run_daemon_for(&h, 4.5).await;
+    run_daemon_until(&h, after(5.5)).await;
 
     let runs = h.db.runs().await;
     let fast: Vec<_> = runs.iter().filter(|r| r.customer_id == 42).collect();
     let slow: Vec<_> = runs.iter().filter(|r| r.customer_id == 43).collect();
-    assert!(fast.len() >= 3, "{runs:#?}");
-    assert!(!slow.is_empty(), "{runs:#?}");
+    assert!(fast.len() >= 4, "{runs:#?}");
+    assert!(
+        slow.len() >= 2,
+        "later ticks of the slow account still run: {runs:#?}"
+    );
     assert!(fast.len() > slow.len(), "{runs:#?}");
     assert!(runs.iter().all(|r| r.status == "succeeded"), "{runs:#?}");
     // Runs of one account never overlap.
@@ -63,19 +88,46 @@ async fn ticks_sync_every_account_and_a_slow_one_never_holds_up_the_others(backe
     assert_eq!(h.db.sessions().await.len(), 2);
 }
 
+async fn no_more_than_max_concurrent_runs_at_once(backend: Backend) {
+    let h = Harness::with(
+        backend,
+        "[schedule]\ncron = \"* * * * * *\"\nmax_concurrent = 1\n\
+         [[accounts]]\ncustomer_id = 42\n[[accounts]]\ncustomer_id = 43\n[[accounts]]\ncustomer_id = 44\n",
+    )
+    .await;
+    for customer in [42, 43, 44] {
+        for _ in 0..10 {
+            h.vendor.push_api_fault(
+                (customer, None),
+                ApiFault::Delay(Duration::from_millis(300)),
+            );
+        }
+    }
+    run_daemon_until(&h, after(3.5)).await;
+    let mut runs = h.db.runs().await;
+    assert!(runs.len() >= 3, "{runs:#?}");
+    runs.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1].started_at >= *pair[0].finished_at.as_ref().unwrap(),
+            "two runs at once with max_concurrent = 1: {pair:#?}"
+        );
+    }
+}
+
 async fn shutdown_abandons_a_run_that_outlasts_the_grace_period(backend: Backend) {
     let h = Harness::with(
         backend,
         "[schedule]\ncron = \"* * * * * *\"\nshutdown_grace_secs = 1\n",
     )
     .await;
-    // The client's timeout is 2 s: make the API hang for longer on every attempt.
+    // The client's timeout is 2 s with 3 attempts: the run would take over 6 s.
     for _ in 0..10 {
         h.vendor
             .push_api_fault((42, None), ApiFault::Delay(Duration::from_secs(30)));
     }
-    let took = run_daemon_for(&h, 1.5).await;
-    assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
+    let took = run_daemon_until(&h, a_run_is_running(h.db.url.clone(), backend)).await;
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     let runs = h.db.runs().await;
     assert_eq!(runs.len(), 1, "{runs:#?}");
     assert_eq!(runs[0].status, "abandoned");
@@ -83,6 +135,7 @@ async fn shutdown_abandons_a_run_that_outlasts_the_grace_period(backend: Backend
         runs[0].error.as_deref().unwrap().contains("shut"),
         "{runs:#?}"
     );
+    assert!(h.db.sessions().await.is_empty());
 }
 
 async fn shutdown_lets_a_running_run_finish_within_the_grace_period(backend: Backend) {
@@ -95,14 +148,20 @@ async fn shutdown_lets_a_running_run_finish_within_the_grace_period(backend: Bac
         .set_sessions((42, None), &sessions(&[("5519900000001", T1)]));
     h.vendor
         .push_api_fault((42, None), ApiFault::Delay(Duration::from_millis(1500)));
-    run_daemon_for(&h, 1.2).await;
+    run_daemon_until(&h, a_run_is_running(h.db.url.clone(), backend)).await;
     let runs = h.db.runs().await;
-    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(
+        runs.len(),
+        1,
+        "no new run starts after the shutdown: {runs:#?}"
+    );
     assert_eq!(runs[0].status, "succeeded");
+    assert_eq!(h.db.sessions().await.len(), 1);
 }
 
 on_both_backends!(
     ticks_sync_every_account_and_a_slow_one_never_holds_up_the_others,
+    no_more_than_max_concurrent_runs_at_once,
     shutdown_abandons_a_run_that_outlasts_the_grace_period,
     shutdown_lets_a_running_run_finish_within_the_grace_period,
 );

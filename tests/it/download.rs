@@ -40,6 +40,11 @@ async fn gzip_is_decoded_as_content_encoding_or_as_a_gzip_file(backend: Backend)
     assert_eq!(h.sync(0).await.unwrap().read.rows_read, 2);
     h.vendor.push_cdn_fault((42, None), CdnFault::GzipFile);
     assert_eq!(h.sync(0).await.unwrap().read.rows_read, 2);
+    // Several gzip members (as pigz writes them) are one file.
+    let mut members = gzip(b"source,session_created_at\n5519900000001,2026-11-20T10:00:00Z\n");
+    members.extend(gzip(b"5519900000002,2026-11-20T10:00:00Z\n"));
+    h.vendor.push_cdn_fault((42, None), CdnFault::Raw(members));
+    assert_eq!(h.sync(0).await.unwrap().read.rows_read, 2);
     let mut corrupt = gzip(b"source,session_created_at\n5519900000001,2026-11-20T10:00:00Z\n");
     let n = corrupt.len();
     corrupt[n / 2..].iter_mut().for_each(|b| *b ^= 0x5a);

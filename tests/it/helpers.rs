@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use session_sync::config::{Config, Env};
+use session_sync::config::{Config, NoEnv};
 use session_sync::simulator::SimulatedVendor;
 use session_sync::sync::{sync_account, Account, RunReport, SyncContext, SyncError};
 use sqlx::Row;
@@ -97,9 +97,14 @@ impl TestDb {
 
     /// An existing SQLite file, read but not owned.
     pub fn sqlite_file(path: &Path) -> TestDb {
+        TestDb::existing(Backend::Sqlite, &format!("sqlite://{}", path.display()))
+    }
+
+    /// Another handle on a database this test already has.
+    pub fn existing(backend: Backend, url: &str) -> TestDb {
         TestDb {
-            backend: Backend::Sqlite,
-            url: format!("sqlite://{}", path.display()),
+            backend,
+            url: url.to_owned(),
             _dir: None,
         }
     }
@@ -267,14 +272,6 @@ pub struct RunRow {
     pub sessions_reopened: i64,
     pub sessions_closed: i64,
     pub error: Option<String>,
-}
-
-/// No environment: tests never depend on the developer's shell.
-pub struct NoEnv;
-impl Env for NoEnv {
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
 }
 
 /// The TOML a test runs with: the vendor's URL, the database, fast retries, and `extra`

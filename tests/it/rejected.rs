@@ -87,7 +87,65 @@ async fn hostile_records_are_stored_harmlessly(backend: Backend) {
     assert!(rejected[3].2.len() < 2000, "long records are cut");
 }
 
+async fn a_number_whose_timestamp_is_unreadable_keeps_its_sessions_open(backend: Backend) {
+    let h = Harness::with(backend, "[sync]\nmax_rejected_ratio = 0.5\n").await;
+    h.vendor.set_raw_snapshot((42, None), body(3, &[]));
+    h.sync(0).await.unwrap();
+    // The vendor still lists number 0 but its timestamp is now in an unreadable form: its
+    // session must not be closed; number 2 is really gone.
+    h.vendor.set_raw_snapshot(
+        (42, None),
+        body(
+            0,
+            &[
+                "5519900000000;18/12/2017 17:09",
+                "5519900000001;2026-11-20T10:00:00Z",
+            ],
+        ),
+    );
+    let report = h.sync(0).await.unwrap();
+    assert_eq!(report.applied.sessions_closed, 1);
+    let open: Vec<String> =
+        h.db.sessions()
+            .await
+            .into_iter()
+            .filter(|s| s.closed_at.is_none())
+            .map(|s| s.source)
+            .collect();
+    assert_eq!(open, ["5519900000000", "5519900000001"]);
+}
+
+async fn a_stray_quote_fails_the_run_instead_of_swallowing_sessions(backend: Backend) {
+    let h = Harness::new(backend).await;
+    h.vendor.set_raw_snapshot((42, None), body(200, &[]));
+    h.sync(0).await.unwrap();
+    let mut broken = body(198, &[]);
+    broken.extend_from_slice(
+        b"\"5519900000198;2026-11-20T10:00:00Z\r\n5519900000199;2026-11-20T10:00:00Z\r\n",
+    );
+    h.vendor.set_raw_snapshot((42, None), broken);
+    let err = h.sync(0).await.unwrap_err();
+    assert_eq!(err.step, Step::Read);
+    assert!(err.cause.contains("line 200"), "{err}");
+    assert!(h.db.sessions().await.iter().all(|s| s.closed_at.is_none()));
+}
+
+async fn timestamps_at_the_end_of_the_representable_range_apply_on_both_backends(backend: Backend) {
+    let h = Harness::new(backend).await;
+    h.vendor.set_raw_snapshot(
+        (42, None),
+        b"source,session_created_at\n5519900000001,9999-12-31T23:00:00Z\n".to_vec(),
+    );
+    h.sync(0).await.unwrap();
+    let rows = h.db.sessions().await;
+    assert_eq!(rows[0].created_at, "9999-12-31T23:00:00.000Z");
+    assert_eq!(rows[0].expires_at, "9999-12-31T23:59:59.999Z");
+}
+
 on_both_backends!(
+    a_number_whose_timestamp_is_unreadable_keeps_its_sessions_open,
+    a_stray_quote_fails_the_run_instead_of_swallowing_sessions,
+    timestamps_at_the_end_of_the_representable_range_apply_on_both_backends,
     a_few_bad_rows_are_rejected_and_the_rest_applied,
     too_many_bad_rows_fail_the_run_but_are_still_recorded,
     hostile_records_are_stored_harmlessly,
