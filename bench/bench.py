@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""session-sync against the databases' own bulk-load speed, in one run.
+
+Run through bench/run, which builds the release binaries and provides a PostgreSQL server
+(SESSION_SYNC_TEST_POSTGRES_URL). Every figure is measured here, in this run, next to its
+baseline, so ratios stay meaningful on a shared, noisy machine.
+
+Baselines (the "limits"): the sqlite3 shell's .import, and psql's \\copy, of the same CSV into
+a staging table, then set-based statements into a sessions table shaped like session-sync's
+(same key, same open-sessions index): INSERT ... ON CONFLICT DO NOTHING for a first load; for
+a repeated poll also the anti-join UPDATE that closes what is gone.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from urllib.parse import urlparse, urlunparse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/session-sync")
+VENDOR = os.path.join(ROOT, "target/release/examples/bench-vendor")
+PG_ADMIN = os.environ.get("SESSION_SYNC_TEST_POSTGRES_URL")
+
+ROWS_LARGE = int(os.environ.get("BENCH_ROWS", "1000000"))
+ROWS_HUGE = int(os.environ.get("BENCH_ROWS_HUGE", str(5 * ROWS_LARGE)))
+MANY_ACCOUNTS = int(os.environ.get("BENCH_ACCOUNTS", "1000"))
+ROWS_EACH = ROWS_LARGE // MANY_ACCOUNTS
+REPEATS = int(os.environ.get("BENCH_REPEATS", "10"))
+
+CUSTOMER_LARGE, CUSTOMER_HUGE, FIRST_MANY = 1, 2, 1001
+
+SQLITE_SCHEMA = """
+CREATE TABLE sessions (
+    account_id INTEGER NOT NULL, source TEXT NOT NULL, session_created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL, first_seen_at TEXT NOT NULL, closed_at TEXT,
+    PRIMARY KEY (account_id, source, session_created_at)) WITHOUT ROWID;
+CREATE INDEX sessions_open ON sessions (account_id, source, session_created_at)
+    WHERE closed_at IS NULL;
+"""
+SQLITE_LOAD = """
+DROP TABLE IF EXISTS staging;
+CREATE TABLE staging (source TEXT, created_at TEXT);
+.import --csv --skip 1 {csv} staging
+BEGIN IMMEDIATE;
+{close}
+INSERT INTO sessions SELECT 1, source, created_at,
+    strftime('%Y-%m-%dT%H:%M:%fZ', created_at, '+24 hours'), '2026-11-02T00:00:00.000Z', NULL
+  FROM staging WHERE true ON CONFLICT DO NOTHING;
+COMMIT;
+"""
+SQLITE_CLOSE = """CREATE INDEX staging_key ON staging (source, created_at);
+UPDATE sessions SET closed_at = '2026-11-02T00:05:00.000Z'
+  WHERE account_id = 1 AND closed_at IS NULL AND NOT EXISTS (
+    SELECT 1 FROM staging t WHERE t.source = sessions.source
+      AND t.created_at = sessions.session_created_at);"""
+
+PG_SCHEMA = """
+CREATE TABLE sessions (
+    account_id BIGINT NOT NULL, source TEXT NOT NULL, session_created_at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL, first_seen_at TIMESTAMPTZ NOT NULL, closed_at TIMESTAMPTZ,
+    PRIMARY KEY (account_id, source, session_created_at));
+CREATE INDEX sessions_open ON sessions (account_id, source, session_created_at)
+    WHERE closed_at IS NULL;
+"""
+PG_LOAD = """
+CREATE TEMP TABLE staging (source TEXT, created_at TIMESTAMPTZ);
+\\copy staging FROM '{csv}' WITH (FORMAT csv, HEADER true)
+ANALYZE staging;
+BEGIN;
+{close}
+INSERT INTO sessions SELECT 1, source, created_at, created_at + interval '24 hours',
+    '2026-11-02T00:00:00Z', NULL FROM staging ON CONFLICT DO NOTHING;
+COMMIT;
+"""
+PG_CLOSE = """UPDATE sessions s SET closed_at = '2026-11-02T00:05:00Z'
+  WHERE s.account_id = 1 AND s.closed_at IS NULL AND NOT EXISTS (
+    SELECT 1 FROM staging t WHERE t.source = s.source AND t.created_at = s.session_created_at);"""
+
+
+def measured(cmd, **kw):
+    """Runs cmd; returns (seconds, peak RSS in MiB) of the child, failing loudly."""
+    out = tempfile.TemporaryFile()
+    start = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)
+    _, status, usage = os.wait4(p.pid, 0)
+    elapsed = time.perf_counter() - start
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        out.seek(0)
+        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{out.read().decode(errors='replace')[-3000:]}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def pg_url(name):
+    u = urlparse(PG_ADMIN)
+    return urlunparse(u._replace(path="/" + name))
+
+
+def psql(url, sql, *extra):
+    return subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, *extra, "-c", sql],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def fresh_pg(name):
+    psql(PG_ADMIN, f"DROP DATABASE IF EXISTS {name}")
+    psql(PG_ADMIN, f"CREATE DATABASE {name}")
+    return pg_url(name)
+
+
+def write_config(path, db_url, vendor_url, customers, max_concurrent):
+    with open(path, "w") as f:
+        f.write(f'database_url = "{db_url}"\n[api]\nbase_url = "{vendor_url}"\n'
+                'allow_insecure_http = true\nusername = "bench"\ntoken = "bench"\n'
+                'timeout_secs = 60\n'
+                f'[schedule]\nmax_concurrent = {max_concurrent}\n'
+                '[sync]\nmax_download_bytes = 100000000000\n')
+        for c in customers:
+            f.write(f"[[accounts]]\ncustomer_id = {c}\n")
+
+
+class Bench:
+    def __init__(self, work, vendor_url):
+        self.work = work
+        self.vendor_url = vendor_url
+        self.rows = []
+
+    def csv(self, customer):
+        return os.path.join(self.work, f"{customer}.csv")
+
+    def add(self, measure, rows, secs, rss, base_secs, note=""):
+        self.rows.append((measure, rows, secs, rss, base_secs, note))
+
+    def config(self, name, db_url, customers, max_concurrent=4):
+        path = os.path.join(self.work, f"{name}.toml")
+        write_config(path, db_url, self.vendor_url, customers, max_concurrent)
+        return path
+
+    def sync(self, config, *args):
+        return measured([BIN, "sync", "--config", config, *args], env={**os.environ, "RUST_LOG": "warn"})
+
+    # -- SQLite -----------------------------------------------------------------------------
+    def sqlite_limit(self, csv, repeats):
+        db = os.path.join(self.work, "limit.db")
+        for f in (db, db + "-wal", db + "-shm"):
+            if os.path.exists(f):
+                os.remove(f)
+        subprocess.run(["sqlite3", db, "PRAGMA journal_mode=WAL;" + SQLITE_SCHEMA], check=True,
+                       capture_output=True)
+        first, _ = measured(["sqlite3", db], stdin=open_text(SQLITE_LOAD.format(csv=csv, close="")))
+        again = [measured(["sqlite3", db],
+                          stdin=open_text(SQLITE_LOAD.format(csv=csv, close=SQLITE_CLOSE)))[0]
+                 for _ in range(repeats)]
+        return first, median(again)
+
+    def sqlite_runs(self):
+        csv = self.csv(CUSTOMER_LARGE)
+        limit_first, limit_again = self.sqlite_limit(csv, 3)
+        db = os.path.join(self.work, "ss.db")
+        cfg = self.config("sqlite", f"sqlite://{db}", [CUSTOMER_LARGE, CUSTOMER_HUGE])
+        measured([BIN, "migrate", "--config", cfg])
+        secs, rss = self.sync(cfg, "--customer", str(CUSTOMER_LARGE))
+        self.add("SQLite: first sync", ROWS_LARGE, secs, rss, limit_first)
+        size_before = db_size(db)
+        again = []
+        for _ in range(REPEATS):
+            s, r = self.sync(cfg, "--customer", str(CUSTOMER_LARGE))
+            again.append(s)
+        size_after = db_size(db)
+        self.add(f"SQLite: unchanged sync (median of {REPEATS})", ROWS_LARGE, median(again), r,
+                 limit_again,
+                 f"file {size_before / 2**20:.0f} -> {size_after / 2**20:.0f} MiB after {REPEATS} polls")
+        self.rss_large = rss
+        secs, rss = self.sync(cfg, "--customer", str(CUSTOMER_HUGE))
+        self.add("SQLite: first sync, 5x rows", ROWS_HUGE, secs, rss, None,
+                 f"peak RSS {rss / self.rss_large:.2f}x the 1x-rows sync")
+        self.large_secs = self.rows[0][2]
+
+        db = os.path.join(self.work, "many.db")
+        cfg = self.config("many", f"sqlite://{db}", range(FIRST_MANY, FIRST_MANY + MANY_ACCOUNTS), 8)
+        measured([BIN, "migrate", "--config", cfg])
+        secs, rss = self.sync(cfg)
+        self.add(f"SQLite: {MANY_ACCOUNTS} accounts x {ROWS_EACH}, max_concurrent 8",
+                 MANY_ACCOUNTS * ROWS_EACH, secs, rss, self.large_secs,
+                 "baseline: the same rows as one account (session-sync)")
+
+    # -- PostgreSQL -------------------------------------------------------------------------
+    def pg_limit(self, csv, repeats):
+        url = fresh_pg("bench_limit")
+        psql(url, PG_SCHEMA)
+        first, _ = measured(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url],
+                            stdin=open_text(PG_LOAD.format(csv=csv, close="")))
+        again = [measured(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url],
+                          stdin=open_text(PG_LOAD.format(csv=csv, close=PG_CLOSE)))[0]
+                 for _ in range(repeats)]
+        return first, median(again)
+
+    def pg_runs(self):
+        csv = self.csv(CUSTOMER_LARGE)
+        limit_first, limit_again = self.pg_limit(csv, 3)
+        url = fresh_pg("bench_ss")
+        cfg = self.config("pg", url, [CUSTOMER_LARGE])
+        measured([BIN, "migrate", "--config", cfg])
+        secs, rss = self.sync(cfg)
+        self.add("PostgreSQL: first sync", ROWS_LARGE, secs, rss, limit_first)
+        stats = "SELECT pg_total_relation_size('sessions'), n_tup_ins + n_tup_upd + n_tup_del, n_dead_tup FROM pg_stat_user_tables WHERE relname = 'sessions'"
+        time.sleep(1.5)  # statistics are flushed about once a second
+        size0, writes0, _ = psql(url, stats, "-At", "-F", " ").split()
+        again = []
+        for _ in range(REPEATS):
+            s, r = self.sync(cfg)
+            again.append(s)
+        time.sleep(1.5)
+        size1, writes1, dead1 = psql(url, stats, "-At", "-F", " ").split()
+        self.add(f"PostgreSQL: unchanged sync (median of {REPEATS})", ROWS_LARGE, median(again), r,
+                 limit_again,
+                 f"sessions {int(size0) / 2**20:.0f} -> {int(size1) / 2**20:.0f} MiB, "
+                 f"{int(writes1) - int(writes0)} row writes, {dead1} dead tuples after {REPEATS} polls")
+
+    def report(self):
+        print()
+        print(f"{'measure':<52} {'rows':>9} {'time s':>8} {'rows/s':>10} {'RSS MiB':>8} "
+              f"{'limit s':>8} {'ratio':>6}  notes")
+        for measure, rows, secs, rss, base, note in self.rows:
+            ratio = f"{secs / base:.2f}" if base else "-"
+            base_s = f"{base:.2f}" if base else "-"
+            print(f"{measure:<52} {rows:>9} {secs:>8.2f} {rows / secs:>10.0f} {rss:>8.1f} "
+                  f"{base_s:>8} {ratio:>6}  {note}")
+
+
+def open_text(text):
+    f = tempfile.TemporaryFile()
+    f.write(text.encode())
+    f.seek(0)
+    return f
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def db_size(path):
+    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+
+def main():
+    for tool in (BIN, VENDOR):
+        if not os.path.exists(tool):
+            sys.exit(f"{tool} is missing: run bench/run, which builds it")
+    work = tempfile.mkdtemp(prefix="session-sync-bench.")
+    try:
+        print(f"generating snapshots in {work} (seed 1) ...", flush=True)
+        gen = [(CUSTOMER_LARGE, ROWS_LARGE), (CUSTOMER_HUGE, ROWS_HUGE)] + [
+            (c, ROWS_EACH) for c in range(FIRST_MANY, FIRST_MANY + MANY_ACCOUNTS)]
+        for customer, rows in gen:
+            subprocess.run([VENDOR, "generate", "--rows", str(rows), "--seed", str(customer),
+                            "--out", os.path.join(work, f"{customer}.csv")], check=True)
+        vendor = subprocess.Popen([VENDOR, "serve", "--dir", work], stdout=subprocess.PIPE, text=True)
+        try:
+            url = vendor.stdout.readline().split()[-1]
+            bench = Bench(work, url)
+            print("SQLite ...", flush=True)
+            bench.sqlite_runs()
+            if PG_ADMIN:
+                print("PostgreSQL ...", flush=True)
+                bench.pg_runs()
+            else:
+                print("PostgreSQL skipped: SESSION_SYNC_TEST_POSTGRES_URL is not set (bench/run sets it)")
+            bench.report()
+        finally:
+            vendor.terminate()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
