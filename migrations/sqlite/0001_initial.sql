@@ -35,8 +35,10 @@ CREATE INDEX sync_runs_by_account ON sync_runs (account_id, status, started_at);
 -- the first successful run that listed it; closed_at the start of the first successful run
 -- that no longer did (NULL while open). last_seen_at is derived in session_history rather
 -- than written to every row on every poll.
+-- account_id names a row of accounts but carries no FOREIGN KEY: a million-row snapshot would
+-- pay a per-row check for what session-sync's own insert guarantees.
 CREATE TABLE sessions (
-    account_id         INTEGER NOT NULL REFERENCES accounts (id),
+    account_id         INTEGER NOT NULL,
     source             TEXT NOT NULL,
     session_created_at TEXT NOT NULL,
     expires_at         TEXT NOT NULL,

@@ -91,6 +91,23 @@ pub struct ApplyParams {
 pub const ABANDONED_BY_CRASH: &str =
     "abandoned: found still running when the next run of this account started (the process died)";
 
+/// Whether a snapshot may list sessions that are closed, i.e. whether the re-open step (a
+/// primary-key probe per staged row) has to run. Every distinct staged key is new, or was
+/// open before and is still listed, or was closed: so with `open_before` open sessions, of
+/// which the close step closed `closed`, nothing can be re-opened when the staged keys are
+/// exactly the new ones plus the open ones still listed. Sessions protected from closing by
+/// a rejected record (`any_protected`) break that count, so then the step runs anyway.
+/// Re-opening is rare; this keeps the common poll to the statements it needs.
+fn reopen_may_be_needed(
+    staged_distinct: u64,
+    new: u64,
+    open_before: u64,
+    closed: u64,
+    any_protected: bool,
+) -> bool {
+    any_protected || staged_distinct != new + open_before.saturating_sub(closed)
+}
+
 /// One backend or the other; every method dispatches to the backend's own file.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -268,3 +285,21 @@ const ACCOUNT_SUMMARY_SQL: &str = "\
         (SELECT count(*) FROM sync_runs r WHERE r.account_id = a.id AND r.status = 'succeeded'), \
         (SELECT count(*) FROM sync_runs r WHERE r.account_id = a.id AND r.status = 'failed') \
     FROM accounts a ORDER BY a.customer_id, a.sub_account_id IS NOT NULL, a.sub_account_id";
+
+#[cfg(test)]
+mod tests {
+    use super::reopen_may_be_needed;
+
+    #[test]
+    fn the_reopen_step_is_skipped_only_when_every_staged_key_is_accounted_for() {
+        // 10 open, 2 closed by this snapshot, 3 new: 8 + 3 = 11 staged keys, nothing closed.
+        assert!(!reopen_may_be_needed(11, 3, 10, 2, false));
+        // One staged key more than that is a closed session listed again.
+        assert!(reopen_may_be_needed(12, 3, 10, 2, false));
+        // A first load, and a header-only snapshot.
+        assert!(!reopen_may_be_needed(1000, 1000, 0, 0, false));
+        assert!(!reopen_may_be_needed(0, 0, 5, 5, false));
+        // Protected numbers keep sessions open without staging them: always check.
+        assert!(reopen_may_be_needed(11, 3, 10, 2, true));
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, Executor, Postgres, Row};
+use sqlx::{ConnectOptions, Connection, Executor, Postgres, Row};
 
 use super::{
     AccountId, AccountSummary, ApplyCounts, ApplyParams, Doing, ReadCounts, RunId, RunStatus,
@@ -21,6 +21,10 @@ use crate::timestamp::Timestamp;
 
 /// Bytes of COPY data sent per round trip.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
+/// COPY's binary format: signature, flags, header extension length.
+const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// PostgreSQL's binary timestamps count microseconds from 2000-01-01T00:00:00Z.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -35,7 +39,9 @@ impl PostgresStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .doing("reading the PostgreSQL database URL")?
-            .application_name("session-sync");
+            .application_name("session-sync")
+            // Applying a million-row snapshot legitimately takes seconds: not worth a warning.
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(30))
@@ -195,8 +201,8 @@ async fn finish_unapplied(
 /// One run's snapshot, staged in the connection's temporary tables.
 pub struct PostgresStaging {
     conn: PoolConnection<Postgres>,
-    /// COPY text format: `source \t created_at \t expires_at \n`; all plain ASCII without
-    /// tabs, newlines or backslashes, so they need no escaping.
+    /// Rows in COPY's binary format (no text parsing on the server, which would cost more
+    /// than the insert itself): `source`, `created_at`, `expires_at`.
     copy: Vec<u8>,
     session_window_hours: u32,
     rejected: Vec<Rejection>,
@@ -204,17 +210,22 @@ pub struct PostgresStaging {
 
 impl PostgresStaging {
     pub async fn add_session(&mut self, key: &SessionKey) -> Result<(), StoreError> {
-        let mut instant = [0u8; 24];
-        self.copy.extend_from_slice(key.source.as_str().as_bytes());
-        self.copy.push(b'\t');
-        key.created_at.write_iso(&mut instant);
-        self.copy.extend_from_slice(&instant);
-        self.copy.push(b'\t');
-        key.created_at
-            .plus_hours(self.session_window_hours)
-            .write_iso(&mut instant);
-        self.copy.extend_from_slice(&instant);
-        self.copy.push(b'\n');
+        if self.copy.is_empty() {
+            self.copy.extend_from_slice(COPY_BINARY_HEADER);
+        }
+        let source = key.source.as_str().as_bytes();
+        self.copy.extend_from_slice(&3i16.to_be_bytes());
+        self.copy
+            .extend_from_slice(&(source.len() as i32).to_be_bytes());
+        self.copy.extend_from_slice(source);
+        for t in [
+            key.created_at,
+            key.created_at.plus_hours(self.session_window_hours),
+        ] {
+            self.copy.extend_from_slice(&8i32.to_be_bytes());
+            let micros = t.as_millis() * 1000 - PG_EPOCH_UNIX_MICROS;
+            self.copy.extend_from_slice(&micros.to_be_bytes());
+        }
         if self.copy.len() >= COPY_CHUNK_BYTES {
             self.flush_sessions().await?;
         }
@@ -233,9 +244,13 @@ impl PostgresStaging {
         if self.copy.is_empty() {
             return Ok(());
         }
+        // The trailer: a field count of -1.
+        self.copy.extend_from_slice(&(-1i16).to_be_bytes());
         let mut copy = self
             .conn
-            .copy_in_raw("COPY staging_sessions (source, created_at, expires_at) FROM STDIN")
+            .copy_in_raw(
+                "COPY staging_sessions (source, created_at, expires_at) FROM STDIN (FORMAT binary)",
+            )
             .await
             .doing("staging the snapshot")?;
         copy.send(self.copy.as_slice())
@@ -299,6 +314,13 @@ impl PostgresStaging {
             .begin()
             .await
             .doing("opening the apply transaction")?;
+        let open_before: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sessions WHERE account_id = $1 AND closed_at IS NULL",
+        )
+        .bind(p.account.0)
+        .fetch_one(&mut *tx)
+        .await
+        .doing("counting open sessions")?;
         let closed = sqlx::query(
             "UPDATE sessions s SET closed_at = $1 \
              WHERE s.account_id = $2 AND s.closed_at IS NULL AND NOT EXISTS ( \
@@ -312,16 +334,6 @@ impl PostgresStaging {
         .execute(&mut *tx)
         .await
         .doing("closing sessions the snapshot no longer lists")?
-        .rows_affected();
-        let reopened = sqlx::query(
-            "UPDATE sessions s SET closed_at = NULL FROM staging_sessions t \
-             WHERE s.account_id = $1 AND s.closed_at IS NOT NULL \
-               AND s.source = t.source AND s.session_created_at = t.created_at",
-        )
-        .bind(p.account.0)
-        .execute(&mut *tx)
-        .await
-        .doing("re-opening sessions listed again")?
         .rows_affected();
         let new = sqlx::query(
             "INSERT INTO sessions \
@@ -337,6 +349,45 @@ impl PostgresStaging {
         .await
         .doing("inserting new sessions")?
         .rows_affected();
+        let (staged, protected): (i64, bool) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM (SELECT DISTINCT source, created_at \
+                                           FROM staging_sessions) d), \
+                    EXISTS (SELECT 1 FROM staging_rejected WHERE listed_source IS NOT NULL)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .doing("counting the staged snapshot")?;
+        let reopened = if super::reopen_may_be_needed(
+            staged as u64,
+            new,
+            open_before as u64,
+            closed,
+            protected,
+        ) {
+            // Driven by the snapshot (a primary-key probe per staged row), never by the
+            // account's closed history, which only grows: hash and merge joins would scan it.
+            (&mut *tx)
+                .execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+                .await
+                .doing("planning the re-open step")?;
+            let reopened = sqlx::query(
+                "UPDATE sessions s SET closed_at = NULL FROM staging_sessions t \
+                 WHERE s.account_id = $1 AND s.closed_at IS NOT NULL \
+                   AND s.source = t.source AND s.session_created_at = t.created_at",
+            )
+            .bind(p.account.0)
+            .execute(&mut *tx)
+            .await
+            .doing("re-opening sessions listed again")?
+            .rows_affected();
+            (&mut *tx)
+                .execute("SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on")
+                .await
+                .doing("planning the re-open step")?;
+            reopened
+        } else {
+            0
+        };
         sqlx::query(
             "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
              SELECT $1, line_number, raw_record, reason FROM staging_rejected \

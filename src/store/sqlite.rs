@@ -12,7 +12,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Executor, Row, Sqlite};
+use sqlx::{ConnectOptions, Connection, Executor, Row, Sqlite};
 
 use super::{
     AccountId, AccountSummary, ApplyCounts, ApplyParams, Doing, ReadCounts, RunId, RunStatus,
@@ -42,7 +42,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Applying a million-row snapshot legitimately takes seconds: not worth a warning.
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
                 std::fs::create_dir_all(dir)
@@ -325,7 +327,8 @@ impl SqliteStaging {
         self.flush_sessions().await?;
         self.flush_rejected().await?;
         sqlx::query(
-            "CREATE INDEX temp.staging_sessions_key ON staging_sessions (source, created_at)",
+            "CREATE INDEX temp.staging_sessions_key \
+             ON staging_sessions (source, created_at, expires_at)",
         )
         .execute(&mut *self.conn)
         .await
@@ -337,6 +340,13 @@ impl SqliteStaging {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .doing("locking the database to apply the snapshot")?;
+        let open_before: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sessions WHERE account_id = ?1 AND closed_at IS NULL",
+        )
+        .bind(p.account.0)
+        .fetch_one(&mut *tx)
+        .await
+        .doing("counting open sessions")?;
         let closed = sqlx::query(
             "UPDATE sessions SET closed_at = ?1 \
              WHERE account_id = ?2 AND closed_at IS NULL AND NOT EXISTS ( \
@@ -352,16 +362,6 @@ impl SqliteStaging {
         .await
         .doing("closing sessions the snapshot no longer lists")?
         .rows_affected();
-        let reopened = sqlx::query(
-            "UPDATE sessions SET closed_at = NULL FROM temp.staging_sessions t \
-             WHERE sessions.account_id = ?1 AND sessions.closed_at IS NOT NULL \
-               AND sessions.source = t.source AND sessions.session_created_at = t.created_at",
-        )
-        .bind(p.account.0)
-        .execute(&mut *tx)
-        .await
-        .doing("re-opening sessions listed again")?
-        .rows_affected();
         let new = sqlx::query(
             "INSERT INTO sessions \
                  (account_id, source, session_created_at, expires_at, first_seen_at) \
@@ -376,6 +376,38 @@ impl SqliteStaging {
         .await
         .doing("inserting new sessions")?
         .rows_affected();
+        let (staged, protected): (i64, bool) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM (SELECT DISTINCT source, created_at \
+                                           FROM temp.staging_sessions)), \
+                    EXISTS (SELECT 1 FROM temp.staging_rejected WHERE listed_source IS NOT NULL)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .doing("counting the staged snapshot")?;
+        let reopened = if super::reopen_may_be_needed(
+            staged as u64,
+            new,
+            open_before as u64,
+            closed,
+            protected,
+        ) {
+            // Driven by the snapshot in key order (a primary-key probe per staged row),
+            // never by the account's closed history, which only grows.
+            sqlx::query(
+                "UPDATE sessions SET closed_at = NULL \
+                 WHERE account_id = ?1 AND closed_at IS NOT NULL \
+                   AND (source, session_created_at) IN ( \
+                     SELECT source, created_at FROM temp.staging_sessions \
+                     ORDER BY source, created_at)",
+            )
+            .bind(p.account.0)
+            .execute(&mut *tx)
+            .await
+            .doing("re-opening sessions listed again")?
+            .rows_affected()
+        } else {
+            0
+        };
         sqlx::query(
             "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
              SELECT ?1, line_number, raw_record, reason FROM temp.staging_rejected ORDER BY rowid",

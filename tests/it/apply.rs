@@ -112,20 +112,29 @@ async fn later_syncs_keep_known_sessions_close_missing_ones_and_add_new(backend:
 
 async fn a_closed_session_listed_again_is_reopened_not_duplicated(backend: Backend) {
     let h = Harness::new(backend).await;
-    let listed = sessions(&[("5519900000001", T1)]);
-    h.vendor.set_sessions((42, None), &listed);
+    let (a, b, c) = (
+        ("5519900000001", T1),
+        ("5519900000002", T2),
+        ("5519900000003", T3),
+    );
+    h.vendor.set_sessions((42, None), &sessions(&[a, b]));
     h.sync(0).await.unwrap();
-    h.vendor.set_sessions::<&str, &str>((42, None), &[]);
+    h.vendor.set_sessions((42, None), &sessions(&[b]));
     h.sync(0).await.unwrap();
     assert!(h.db.sessions().await[0].closed_at.is_some());
-    h.vendor.set_sessions((42, None), &listed);
+    // A is listed again, B is still listed, C is new.
+    h.vendor.set_sessions((42, None), &sessions(&[a, b, c, a]));
     let report = h.sync(0).await.unwrap();
     assert_eq!(report.applied.sessions_reopened, 1);
-    assert_eq!(report.applied.sessions_new, 0);
+    assert_eq!(report.applied.sessions_new, 1);
+    assert_eq!(report.applied.sessions_closed, 0);
     let rows = h.db.sessions().await;
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].closed_at, None);
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.closed_at.is_none()));
     assert_eq!(rows[0].first_seen_at, h.db.runs().await[0].started_at);
+    // Listing the same again re-opens nothing more.
+    let report = h.sync(0).await.unwrap();
+    assert_eq!(report.applied, Default::default());
 }
 
 async fn a_failed_run_leaves_closing_to_the_next_successful_run(backend: Backend) {
