@@ -105,7 +105,12 @@ fn reopen_may_be_needed(
     closed: u64,
     any_protected: bool,
 ) -> bool {
-    any_protected || staged_distinct != new + open_before.saturating_sub(closed)
+    // More closed than were open cannot happen while runs of an account never overlap; if it
+    // ever did, running the step is the safe answer.
+    match open_before.checked_sub(closed) {
+        Some(still_open) => any_protected || staged_distinct != new + still_open,
+        None => true,
+    }
 }
 
 /// One backend or the other; every method dispatches to the backend's own file.
@@ -301,5 +306,7 @@ mod tests {
         assert!(!reopen_may_be_needed(0, 0, 5, 5, false));
         // Protected numbers keep sessions open without staging them: always check.
         assert!(reopen_may_be_needed(11, 3, 10, 2, true));
+        // Counts that cannot add up: check rather than trust them.
+        assert!(reopen_may_be_needed(0, 0, 1, 2, false));
     }
 }

@@ -244,8 +244,10 @@ impl PostgresStaging {
         if self.copy.is_empty() {
             return Ok(());
         }
+        // Taken out first, so a failed COPY never leaves a half-sent buffer to send again.
+        let mut rows = std::mem::take(&mut self.copy);
         // The trailer: a field count of -1.
-        self.copy.extend_from_slice(&(-1i16).to_be_bytes());
+        rows.extend_from_slice(&(-1i16).to_be_bytes());
         let mut copy = self
             .conn
             .copy_in_raw(
@@ -253,11 +255,13 @@ impl PostgresStaging {
             )
             .await
             .doing("staging the snapshot")?;
-        copy.send(self.copy.as_slice())
+        copy.send(rows.as_slice())
             .await
             .doing("staging the snapshot")?;
         copy.finish().await.doing("staging the snapshot")?;
-        self.copy.clear();
+        // Keep the allocation for the next chunk.
+        rows.clear();
+        self.copy = rows;
         Ok(())
     }
 
@@ -380,10 +384,7 @@ impl PostgresStaging {
             .await
             .doing("re-opening sessions listed again")?
             .rows_affected();
-            (&mut *tx)
-                .execute("SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on")
-                .await
-                .doing("planning the re-open step")?;
+            // SET LOCAL ends with the transaction; the statements left are trivial.
             reopened
         } else {
             0

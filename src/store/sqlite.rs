@@ -6,6 +6,7 @@
 //! database: other accounts keep writing while this one downloads.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
@@ -28,6 +29,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// SQLite has one writer at a time. Taking turns here first means a waiting run wakes
+    /// the moment the previous one commits, instead of polling the file lock in SQLite's
+    /// busy handler (which sleeps up to 100 ms between tries); the busy timeout still
+    /// covers writers in other processes.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn iso(t: Timestamp) -> String {
@@ -57,7 +63,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .doing("opening the SQLite database")?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            writer: Arc::default(),
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -93,6 +102,7 @@ impl SqliteStore {
         started_at: Timestamp,
     ) -> Result<RunId, StoreError> {
         let mut conn = self.pool.acquire().await.doing("starting the run")?;
+        let _turn = self.writer.lock().await;
         let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -129,6 +139,7 @@ impl SqliteStore {
         counts: ReadCounts,
     ) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.doing("recording the failure")?;
+        let _turn = self.writer.lock().await;
         finish_unapplied(&mut conn, run, status, finished_at, error, counts).await
     }
 
@@ -152,6 +163,7 @@ impl SqliteStore {
             .doing("opening the staging area")?;
         Ok(SqliteStaging {
             conn,
+            writer: self.writer.clone(),
             sessions: Vec::with_capacity(BATCH_ROWS),
             session_window_hours,
             rejected: Vec::new(),
@@ -233,6 +245,7 @@ fn values_sql(prefix: &str, width: usize, rows: usize) -> String {
 /// One run's snapshot, staged in the connection's temporary tables.
 pub struct SqliteStaging {
     conn: PoolConnection<Sqlite>,
+    writer: Arc<tokio::sync::Mutex<()>>,
     /// (source, created_at, expires_at), the instants as stored text.
     sessions: Vec<(PhoneNumber, [u8; 24], [u8; 24])>,
     session_window_hours: u32,
@@ -335,6 +348,8 @@ impl SqliteStaging {
         .doing("indexing the staged snapshot")?;
 
         let now = iso(p.run_started_at);
+        let writer = self.writer.clone();
+        let _turn = writer.lock().await;
         let mut tx = self
             .conn
             .begin_with("BEGIN IMMEDIATE")
@@ -472,6 +487,8 @@ impl SqliteStaging {
         counts: ReadCounts,
     ) -> Result<(), StoreError> {
         self.flush_rejected().await?;
+        let writer = self.writer.clone();
+        let _turn = writer.lock().await;
         let mut tx = self
             .conn
             .begin_with("BEGIN IMMEDIATE")
