@@ -172,7 +172,7 @@ class Bench:
         size_after = db_size(db)
         self.add(f"SQLite: unchanged sync (median of {REPEATS})", ROWS_LARGE, median(again), r,
                  limit_again,
-                 f"file {size_before / 2**20:.0f} -> {size_after / 2**20:.0f} MiB after {REPEATS} polls")
+                 f"database + WAL {size_before / 2**20:.0f} -> {size_after / 2**20:.0f} MiB after {REPEATS} polls")
         self.rss_large = rss
         secs, rss = self.sync(cfg, "--customer", str(CUSTOMER_HUGE))
         self.add("SQLite: first sync, 5x rows", ROWS_HUGE, secs, rss, None,

@@ -175,6 +175,7 @@ async fn sync_once(args: SyncArgs) -> ExitCode {
     for result in results {
         let _ = match result {
             Ok(report) => writeln!(out, "{report}"),
+            Err(e) if e.is_skip() => writeln!(out, "{}: skipped: {}", e.account, e.cause),
             Err(e) => {
                 failed = true;
                 writeln!(out, "{}: FAILED: {}: {}", e.account, e.step, e.cause)

@@ -10,8 +10,9 @@ use crate::vendor::VendorClient;
 
 /// Opens the store named by the config and applies its migrations.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    // Each running sync holds one connection for its staging area; two more serve the rest.
-    let max_connections = u32::try_from(config.schedule.max_concurrent + 2).unwrap_or(u32::MAX);
+    // Each running sync holds up to two connections (its staging area and, on PostgreSQL,
+    // the one holding its account lock); two more serve the rest.
+    let max_connections = u32::try_from(2 * config.schedule.max_concurrent + 2).unwrap_or(u32::MAX);
     let store = Store::connect(&config.database_url, max_connections)
         .await
         .with_context(|| format!("database {}", config.database_url))?;

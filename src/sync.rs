@@ -62,6 +62,8 @@ impl SyncContext {
 /// The step of a sync, as named in errors and in `sync_runs.error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// Another instance is syncing the account: not a failure, the run is skipped.
+    Claim,
     StartRun,
     RequestLink,
     Download,
@@ -75,6 +77,7 @@ pub enum Step {
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Step::Claim => "claiming the account",
             Step::StartRun => "starting the run",
             Step::RequestLink => "requesting the download link",
             Step::Download => "downloading the file",
@@ -107,6 +110,15 @@ pub struct RunReport {
     pub applied: ApplyCounts,
     pub duration: Duration,
 }
+
+impl SyncError {
+    /// True when the account was skipped because another instance is syncing it.
+    pub fn is_skip(&self) -> bool {
+        self.step == Step::Claim && self.run.is_none() && self.cause == SKIPPED
+    }
+}
+
+const SKIPPED: &str = "another session-sync instance is syncing this account; skipped";
 
 impl std::fmt::Display for RunReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +159,32 @@ fn fail(step: Step, cause: impl ToString) -> Failure {
 /// what was staged is dropped and the run is marked `abandoned`.
 #[tracing::instrument(skip_all, fields(account = %account.label))]
 pub async fn sync_account(
+    ctx: &SyncContext,
+    account: &Account,
+    abort: &CancellationToken,
+) -> Result<RunReport, SyncError> {
+    let early = |step: Step, cause: String| SyncError {
+        account: account.label.clone(),
+        step,
+        cause,
+        run: None,
+        counts: ReadCounts::default(),
+    };
+    let Some(lock) = ctx
+        .store
+        .lock_account(account.id)
+        .await
+        .map_err(|e| early(Step::Claim, e.to_string()))?
+    else {
+        tracing::debug!("{SKIPPED}");
+        return Err(early(Step::Claim, SKIPPED.to_owned()));
+    };
+    let result = claimed_run(ctx, account, abort).await;
+    lock.release().await;
+    result
+}
+
+async fn claimed_run(
     ctx: &SyncContext,
     account: &Account,
     abort: &CancellationToken,

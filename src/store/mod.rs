@@ -120,6 +120,17 @@ pub enum Store {
     Postgres(postgres::PostgresStore),
 }
 
+/// A claim on one account for one run; see [`Store::lock_account`].
+pub struct AccountLock(Option<postgres::PostgresAccountLock>);
+
+impl AccountLock {
+    pub async fn release(self) {
+        if let Some(lock) = self.0 {
+            lock.release().await;
+        }
+    }
+}
+
 /// A snapshot being staged on one connection; see the module documentation.
 pub enum Staging {
     Sqlite(sqlite::SqliteStaging),
@@ -206,6 +217,22 @@ impl Store {
             Store::Sqlite(s) => Staging::Sqlite(s.stage(session_window_hours).await?),
             Store::Postgres(s) => Staging::Postgres(s.stage(session_window_hours).await?),
         })
+    }
+
+    /// Claims the account for one run, so that several instances sharing a PostgreSQL
+    /// database never sync it at the same time: `None` when another holds it. PostgreSQL
+    /// uses a session-level advisory lock on a connection kept for the run (released by
+    /// [`AccountLock::release`], or by closing the connection if the run is dropped or the
+    /// process dies). A SQLite file belongs to one process (see `crate::instance`), whose
+    /// daemon never overlaps runs of an account, so there is nothing more to claim.
+    pub async fn lock_account(
+        &self,
+        account: AccountId,
+    ) -> Result<Option<AccountLock>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(Some(AccountLock(None))),
+            Store::Postgres(s) => Ok(s.lock_account(account).await?.map(|l| AccountLock(Some(l)))),
+        }
     }
 
     /// Per-account figures for the demo and for operators' summaries.

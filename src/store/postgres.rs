@@ -119,6 +119,24 @@ impl PostgresStore {
         finish_unapplied(&mut conn, run, status, finished_at, error, counts).await
     }
 
+    pub async fn lock_account(
+        &self,
+        account: AccountId,
+    ) -> Result<Option<PostgresAccountLock>, StoreError> {
+        let mut conn = self.pool.acquire().await.doing("claiming the account")?;
+        let (high, low) = lock_key(account);
+        let claimed: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(high)
+            .bind(low)
+            .fetch_one(&mut *conn)
+            .await
+            .doing("claiming the account")?;
+        Ok(claimed.then(|| PostgresAccountLock {
+            conn: Some(conn),
+            key: (high, low),
+        }))
+    }
+
     pub async fn stage(&self, session_window_hours: u32) -> Result<PostgresStaging, StoreError> {
         let mut conn = self
             .pool
@@ -171,6 +189,43 @@ impl PostgresStore {
     /// The pool, for tests and for read-only commands.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// The advisory lock key of an account: a fixed namespace ("sess" in ASCII) and the id's low
+/// 32 bits (ids are identity values, far below 2^31).
+fn lock_key(account: AccountId) -> (i32, i32) {
+    (0x7365_7373, account.0 as i32)
+}
+
+/// An account claimed by this process; see `Store::lock_account`.
+pub struct PostgresAccountLock {
+    conn: Option<PoolConnection<Postgres>>,
+    key: (i32, i32),
+}
+
+impl PostgresAccountLock {
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                .bind(self.key.0)
+                .bind(self.key.1)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                conn.close_on_drop();
+            }
+        }
+    }
+}
+
+impl Drop for PostgresAccountLock {
+    /// Not released (the run was cut short): closing the connection ends its session, which
+    /// releases the lock in the server.
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.close_on_drop();
+        }
     }
 }
 

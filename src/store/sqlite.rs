@@ -34,6 +34,42 @@ pub struct SqliteStore {
     /// busy handler (which sleeps up to 100 ms between tries); the busy timeout still
     /// covers writers in other processes.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Held for as long as the store lives: see [`claim_file`].
+    _instance: Option<Arc<std::fs::File>>,
+}
+
+/// A SQLite database belongs to one session-sync process at a time: two would each mark the
+/// other's running runs abandoned, and only one of them would ever win the write lock. An
+/// exclusive lock on `<database>.lock` says so at start-up; the kernel drops it when the
+/// process ends, however it ends.
+fn claim_file(database: &std::path::Path) -> Result<Option<std::fs::File>, StoreError> {
+    if database.as_os_str().is_empty() || database.to_string_lossy().contains(":memory:") {
+        return Ok(None);
+    }
+    let mut path = database.as_os_str().to_owned();
+    path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(sqlx::Error::Io)
+        .doing("opening the SQLite instance lock file")?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError {
+            action: "claiming the SQLite database (another session-sync process is using it; \
+                     a SQLite file belongs to one process: stop the other one, or use PostgreSQL \
+                     to run several)",
+            source: sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("{} is locked", std::path::Path::new(&path).display()),
+            )),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(sqlx::Error::Io(e)).doing("locking the SQLite instance lock file")
+        }
+    }
 }
 
 fn iso(t: Timestamp) -> String {
@@ -58,6 +94,7 @@ impl SqliteStore {
                     .doing("creating the SQLite database's directory")?;
             }
         }
+        let instance = claim_file(options.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(2))
             .connect_with(options)
@@ -66,6 +103,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             writer: Arc::default(),
+            _instance: instance.map(Arc::new),
         })
     }
 

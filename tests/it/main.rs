@@ -8,8 +8,11 @@ mod helpers;
 
 mod apply;
 mod cli;
+mod crash;
 mod daemon;
 mod download;
+mod instances;
+mod properties;
 mod readme;
 mod rejected;
 mod request;
