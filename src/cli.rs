@@ -84,10 +84,14 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
-    Config::load(&arg.config, &ProcessEnv).map_err(|e| {
+    let config = Config::load(&arg.config, &ProcessEnv).map_err(|e| {
         eprintln!("error: invalid configuration: {e}");
         ExitCode::from(EXIT_CONFIG)
-    })
+    })?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(config)
 }
 
 fn fatal(e: anyhow::Error) -> ExitCode {
@@ -125,13 +129,20 @@ pub async fn execute(command: Command) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let (ctx, accounts) = match crate::startup::prepare(&config).await {
+            let shutdown = crate::daemon::shutdown_signal();
+            tokio::pin!(shutdown);
+            let store = match crate::startup::open_store_patiently(&config, shutdown.as_mut()).await
+            {
+                Ok(Some(store)) => store,
+                Ok(None) => return ExitCode::SUCCESS, // stopped while waiting
+                Err(e) => return fatal(e),
+            };
+            let (ctx, accounts) = match crate::startup::prepare_with(&config, store).await {
                 Ok(prepared) => prepared,
                 Err(e) => return fatal(e),
             };
             tracing::info!(accounts = accounts.len(), database = %config.database_url, "session-sync starting");
-            match crate::daemon::run(&config, ctx, accounts, crate::daemon::shutdown_signal()).await
-            {
+            match crate::daemon::run(&config, ctx, accounts, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fatal(e),
             }

@@ -93,6 +93,7 @@ struct FileSync {
     csv_timezone: Option<String>,
     session_window_hours: Option<u32>,
     max_download_bytes: Option<u64>,
+    busy_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +121,11 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     pub sync: SyncConfig,
     pub accounts: Vec<AccountConfig>,
+    /// Things worth an operator's attention that do not stop start-up (a token readable by
+    /// others, say); logged as warnings when the service starts.
+    pub warnings: Vec<String>,
+    /// Whether the file itself holds a token (then its own permissions matter).
+    token_inline: bool,
 }
 
 /// `[api]`: how to reach the vendor.
@@ -165,6 +171,9 @@ pub struct SyncConfig {
     pub session_window_hours: u32,
     /// A download larger than this is refused; default 4 GiB.
     pub max_download_bytes: u64,
+    /// SQLite: how long a write waits for another process's lock on the file before the run
+    /// fails; default 60.
+    pub busy_timeout: Duration,
 }
 
 /// One `[[accounts]]` entry.
@@ -310,13 +319,20 @@ impl Config {
             source,
         })?;
         let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
-        Self::from_toml(&text, base_dir, env).map_err(|e| match e {
+        let mut config = Self::from_toml(&text, base_dir, env).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
             },
             other => other,
-        })
+        })?;
+        if config.token_inline {
+            config.warnings.extend(exposure_warning(
+                path,
+                "the config file, which holds a token,",
+            ));
+        }
+        Ok(config)
     }
 
     /// Parses and validates TOML text; relative token files are resolved against
@@ -380,6 +396,11 @@ impl Config {
             self.sync.session_window_hours
         );
         let _ = writeln!(out, "max_download_bytes = {}", self.sync.max_download_bytes);
+        let _ = writeln!(
+            out,
+            "busy_timeout_secs = {}",
+            self.sync.busy_timeout.as_secs()
+        );
         for a in &self.accounts {
             let _ = writeln!(out, "[[accounts]] # {}", a.label());
             let _ = writeln!(out, "username = {:?}", a.credentials.username);
@@ -425,11 +446,26 @@ fn validate_cron(key: &str, expr: &str) -> Result<(), ConfigError> {
         .map_err(|e| invalid(key, format!("{expr:?}: {e}")))
 }
 
+/// A warning when `path` is readable or writable by group or others.
+fn exposure_warning(path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{what} {} is accessible to group or others (mode {:o}); restrict it: chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
 fn read_token_file(
     key: &str,
     path: &Path,
     base_dir: &Path,
     env: &dyn Env,
+    warnings: &mut Vec<String>,
 ) -> Result<SecretString, ConfigError> {
     let full = if path.is_absolute() {
         path.to_owned()
@@ -440,6 +476,7 @@ fn read_token_file(
     };
     let text = std::fs::read_to_string(&full)
         .map_err(|e| invalid(key, format!("cannot read {}: {e}", full.display())))?;
+    warnings.extend(exposure_warning(&full, "the token file"));
     let token = text.trim();
     if token.is_empty() {
         return Err(invalid(key, format!("{} is empty", full.display())));
@@ -453,6 +490,7 @@ fn resolve_token(
     token_file: Option<&Path>,
     base_dir: &Path,
     env: &dyn Env,
+    warnings: &mut Vec<String>,
 ) -> Result<Option<SecretString>, ConfigError> {
     match (token, token_file) {
         (Some(_), Some(_)) => Err(invalid(
@@ -463,14 +501,21 @@ fn resolve_token(
             Err(invalid(format!("{key_prefix}token"), "is empty"))
         }
         (Some(t), None) => Ok(Some(SecretString::from(t))),
-        (None, Some(p)) => {
-            read_token_file(&format!("{key_prefix}token_file"), p, base_dir, env).map(Some)
-        }
+        (None, Some(p)) => read_token_file(
+            &format!("{key_prefix}token_file"),
+            p,
+            base_dir,
+            env,
+            warnings,
+        )
+        .map(Some),
         (None, None) => Ok(None),
     }
 }
 
 fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+    let mut warnings = Vec::new();
+    let token_inline = file.api.token.is_some() || file.accounts.iter().any(|a| a.token.is_some());
     let database_url = DatabaseUrl::parse(
         &env.var(ENV_DATABASE_URL)
             .or(file.database_url)
@@ -513,7 +558,14 @@ fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, C
     let default_username = env.var(ENV_USERNAME).or(api.username);
     let default_token = match env.var(ENV_TOKEN) {
         Some(t) => Some(SecretString::from(t)),
-        None => resolve_token("api.", api.token, api.token_file.as_deref(), base_dir, env)?,
+        None => resolve_token(
+            "api.",
+            api.token,
+            api.token_file.as_deref(),
+            base_dir,
+            env,
+            &mut warnings,
+        )?,
     };
 
     let schedule = file.schedule;
@@ -581,7 +633,14 @@ fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, C
                     "no username (set api.username, the account's username or SESSION_SYNC_USERNAME)",
                 )
             })?;
-        let token = resolve_token(&prefix, a.token, a.token_file.as_deref(), base_dir, env)?
+        let token = resolve_token(
+            &prefix,
+            a.token,
+            a.token_file.as_deref(),
+            base_dir,
+            env,
+            &mut warnings,
+        )?
             .or_else(|| default_token.clone())
             .ok_or_else(|| {
                 invalid(
@@ -625,8 +684,11 @@ fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, C
             csv_timezone,
             session_window_hours,
             max_download_bytes,
+            busy_timeout: Duration::from_secs(sync.busy_timeout_secs.unwrap_or(60)),
         },
         accounts,
+        warnings,
+        token_inline,
     })
 }
 
@@ -792,6 +854,35 @@ mod tests {
     fn a_password_in_the_database_query_string_is_redacted() {
         let url = DatabaseUrl::parse("postgres://app@db/history?password=pg-SECRET").unwrap();
         assert_eq!(url.to_string(), "postgres://app@db/history?REDACTED");
+    }
+
+    #[test]
+    fn a_token_readable_by_others_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = dir.path().join("c.toml");
+        std::fs::write(
+            &config,
+            MINIMAL.replace("token = \"s3cret-token\"", "token_file = \"token\""),
+        )
+        .unwrap();
+        let c = Config::load(&config, &no_env()).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("token file"), "{:?}", c.warnings);
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(&config, &no_env())
+            .unwrap()
+            .warnings
+            .is_empty());
+        // A token written in the config file makes the file's own mode matter.
+        std::fs::write(&config, MINIMAL).unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let c = Config::load(&config, &no_env()).unwrap();
+        assert!(c.warnings[0].contains("config file"), "{:?}", c.warnings);
+        assert!(!c.warnings[0].contains("s3cret-token"));
     }
 
     #[test]

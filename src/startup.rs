@@ -4,7 +4,7 @@
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::sync::{Account, SyncContext};
 use crate::vendor::VendorClient;
 
@@ -13,9 +13,13 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     // Each running sync holds up to two connections (its staging area and, on PostgreSQL,
     // the one holding its account lock); two more serve the rest.
     let max_connections = u32::try_from(2 * config.schedule.max_concurrent + 2).unwrap_or(u32::MAX);
-    let store = Store::connect(&config.database_url, max_connections)
-        .await
-        .with_context(|| format!("database {}", config.database_url))?;
+    let store = Store::connect(
+        &config.database_url,
+        max_connections,
+        config.sync.busy_timeout,
+    )
+    .await
+    .with_context(|| format!("database {}", config.database_url))?;
     store
         .migrate()
         .await
@@ -23,9 +27,45 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Like [`open_store`], but while the database cannot be reached at all (PostgreSQL still
+/// starting, a network outage), retries with a doubling wait (1 s to 60 s), saying so at
+/// WARN, until it can or `stop` completes (then `None`). Anything else fails at once.
+pub async fn open_store_patiently(
+    config: &Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Option<Store>> {
+    tokio::pin!(stop);
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        match open_store(config).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(e)
+                if e.downcast_ref::<StoreError>()
+                    .is_some_and(StoreError::is_unreachable) =>
+            {
+                tracing::warn!(error = %format!("{e:#}"), retry_in_secs = wait.as_secs(), "database unreachable; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = &mut stop => return Ok(None),
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Everything a sync needs, with the configured accounts registered.
 pub async fn prepare(config: &Config) -> anyhow::Result<(SyncContext, Vec<Account>)> {
     let store = open_store(config).await?;
+    prepare_with(config, store).await
+}
+
+/// [`prepare`] with a store already open.
+pub async fn prepare_with(
+    config: &Config,
+    store: Store,
+) -> anyhow::Result<(SyncContext, Vec<Account>)> {
     let vendor = VendorClient::new(&config.api, config.sync.max_download_bytes)
         .context("building the HTTP client")?;
     let ctx = SyncContext {

@@ -28,10 +28,21 @@ pub struct StoreError {
 }
 
 impl StoreError {
+    /// The database could not be reached at all (as opposed to refusing what was asked).
+    pub fn is_unreachable(&self) -> bool {
+        self.action == CONNECTING
+            && matches!(
+                self.source,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
+            )
+    }
+
     fn wrap(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         move |source| StoreError { action, source }
     }
 }
+
+const CONNECTING: &str = "connecting to PostgreSQL";
 
 /// Lets a `sqlx` result say what it was doing: `.doing("recording the run")?`.
 trait Doing<T> {
@@ -157,13 +168,18 @@ macro_rules! dispatch_staging {
 
 impl Store {
     /// Opens a pool of at most `max_connections` (the SQLite file is created if missing).
-    pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<Store, StoreError> {
+    /// `busy_timeout` applies to SQLite only: how long a write waits for another process.
+    pub async fn connect(
+        url: &DatabaseUrl,
+        max_connections: u32,
+        busy_timeout: std::time::Duration,
+    ) -> Result<Store, StoreError> {
         match url.backend().map_err(|e| StoreError {
             action: "reading database_url",
             source: sqlx::Error::Configuration(e.to_string().into()),
         })? {
             Backend::Sqlite => Ok(Store::Sqlite(
-                sqlite::SqliteStore::connect(url.expose(), max_connections).await?,
+                sqlite::SqliteStore::connect(url.expose(), max_connections, busy_timeout).await?,
             )),
             Backend::Postgres => Ok(Store::Postgres(
                 postgres::PostgresStore::connect(url.expose(), max_connections).await?,

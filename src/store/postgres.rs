@@ -42,12 +42,18 @@ impl PostgresStore {
             .application_name("session-sync")
             // Applying a million-row snapshot legitimately takes seconds: not worth a warning.
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
+        // One direct connection first: the pool would keep retrying for its whole acquire
+        // timeout before saying that the server cannot be reached at all.
+        let probe = sqlx::PgConnection::connect_with(&options)
+            .await
+            .doing(super::CONNECTING)?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await
-            .doing("connecting to PostgreSQL")?;
+            .doing(super::CONNECTING)?;
         Ok(PostgresStore { pool })
     }
 

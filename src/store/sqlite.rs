@@ -23,9 +23,6 @@ use crate::config::AccountConfig;
 use crate::snapshot::{PhoneNumber, Rejection, SessionKey};
 use crate::timestamp::Timestamp;
 
-/// How long a writer waits for another to release the database before its run fails.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
-
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -77,13 +74,17 @@ fn iso(t: Timestamp) -> String {
 }
 
 impl SqliteStore {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        busy_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .doing("reading the SQLite database URL")?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(busy_timeout)
             .foreign_keys(true)
             // Applying a million-row snapshot legitimately takes seconds: not worth a warning.
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));

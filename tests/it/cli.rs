@@ -167,6 +167,61 @@ async fn sync_prints_a_line_per_account_and_exits_1_when_any_failed(backend: Bac
     assert_eq!(db.runs().await.len(), 2 + 2 + 1);
 }
 
+async fn trace_logs_never_show_the_token_nor_the_link_signature(backend: Backend) {
+    let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &config_text(&vendor, &db, "[[accounts]]\ncustomer_id = 42\n"),
+    );
+    vendor.set_sessions((42, None), &sessions(&[("5519900000001", T1)]));
+    vendor.push_cdn_fault((42, None), session_sync::simulator::CdnFault::Status(410));
+    vendor.push_cdn_fault((42, None), session_sync::simulator::CdnFault::Redirect);
+    let (code, _, log) = run(binary()
+        .env("RUST_LOG", "trace")
+        .arg("sync")
+        .arg("--config")
+        .arg(&path))
+    .await;
+    assert_eq!(code, 0, "{log}");
+    for _ in 0..3 {
+        vendor.push_cdn_fault((42, None), session_sync::simulator::CdnFault::Status(503));
+    }
+    let (code, out, log2) = run(binary()
+        .env("RUST_LOG", "trace")
+        .arg("sync")
+        .arg("--config")
+        .arg(&path))
+    .await;
+    assert_eq!(code, 1, "{out}");
+    let log = log + &log2;
+    assert!(log.contains("TRACE"), "trace logging was on");
+    assert!(!log.contains(TOKEN), "the token reached the logs");
+    let signatures: Vec<String> = vendor
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            r.path_and_query
+                .split("X-Signature=")
+                .nth(1)
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(!signatures.is_empty());
+    for signature in signatures {
+        let signature = signature.split('&').next().unwrap().to_owned();
+        assert!(
+            !log.contains(&signature),
+            "a link signature reached the logs"
+        );
+        assert!(!out.contains(&signature));
+    }
+    for run in db.runs().await {
+        assert!(!run.error.unwrap_or_default().contains("X-Signature"));
+    }
+}
+
 async fn migrate_creates_the_tables(backend: Backend) {
     let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
     let db = TestDb::new(backend).await;
@@ -299,6 +354,7 @@ async fn the_demo_records_sessions_through_several_rounds() {
 }
 
 on_both_backends!(
+    trace_logs_never_show_the_token_nor_the_link_signature,
     sync_prints_a_line_per_account_and_exits_1_when_any_failed,
     migrate_creates_the_tables,
     the_daemon_syncs_on_its_schedule_and_exits_0_on_sigterm,

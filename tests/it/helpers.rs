@@ -296,16 +296,6 @@ max_retry_wait_secs = 5
     )
 }
 
-/// One account without sub-account (customer 42) unless `extra` brings its own.
-pub fn config(vendor: &SimulatedVendor, db: &TestDb, extra: &str) -> Config {
-    let extra = if extra.contains("[[accounts]]") {
-        extra.to_owned()
-    } else {
-        format!("{extra}\n[[accounts]]\ncustomer_id = 42\nname = \"acme-br\"\n")
-    };
-    Config::from_toml(&config_text(vendor, db, &extra), Path::new("."), &NoEnv).unwrap()
-}
-
 /// A vendor, a database and a ready context for one account, customer 42.
 pub struct Harness {
     pub vendor: SimulatedVendor,
@@ -321,9 +311,25 @@ impl Harness {
     }
 
     pub async fn with(backend: Backend, extra: &str) -> Harness {
+        Harness::edited(backend, extra, |text| text).await
+    }
+
+    /// [`Harness::with`], with the whole configuration text passed through `edit` (to change
+    /// an `[api]` setting, say).
+    pub async fn edited(
+        backend: Backend,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Harness {
         let vendor = SimulatedVendor::start(USER, TOKEN).await.unwrap();
         let db = TestDb::new(backend).await;
-        let config = config(&vendor, &db, extra);
+        let extra = if extra.contains("[[accounts]]") {
+            extra.to_owned()
+        } else {
+            format!("{extra}\n[[accounts]]\ncustomer_id = 42\nname = \"acme-br\"\n")
+        };
+        let text = edit(config_text(&vendor, &db, &extra));
+        let config = Config::from_toml(&text, Path::new("."), &NoEnv).unwrap();
         let (ctx, accounts) = session_sync::startup::prepare(&config).await.unwrap();
         Harness {
             vendor,
