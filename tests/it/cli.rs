@@ -43,6 +43,27 @@ async fn run(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// A simulated vendor, a fresh database and a config file naming both, for the binary.
+struct Setup {
+    vendor: SimulatedVendor,
+    db: TestDb,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+async fn setup(backend: Backend, extra: &str) -> Setup {
+    let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &config_text(&vendor, &db, extra));
+    Setup {
+        vendor,
+        db,
+        dir,
+        config,
+    }
+}
+
 fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("session-sync.toml");
     std::fs::write(&path, text).unwrap();
@@ -119,17 +140,12 @@ async fn an_invalid_config_exits_2_naming_the_key_before_any_network_call() {
 }
 
 async fn sync_prints_a_line_per_account_and_exits_1_when_any_failed(backend: Backend) {
-    let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
-    let db = TestDb::new(backend).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        &dir,
-        &config_text(
-            &vendor,
-            &db,
-            "[[accounts]]\ncustomer_id = 42\nname = \"ok\"\n[[accounts]]\ncustomer_id = 43\nname = \"denied\"\n",
-        ),
-    );
+    let Setup {
+        vendor,
+        db,
+        dir: _dir,
+        config: path,
+    } = setup(backend, "[[accounts]]\ncustomer_id = 42\nname = \"ok\"\n[[accounts]]\ncustomer_id = 43\nname = \"denied\"\n").await;
     vendor.set_sessions((42, None), &sessions(&[("5519900000001", T1)]));
     let (code, out, err) = run(binary().arg("sync").arg("--config").arg(&path)).await;
     assert_eq!(code, 0, "{out}\n{err}");
@@ -168,13 +184,12 @@ async fn sync_prints_a_line_per_account_and_exits_1_when_any_failed(backend: Bac
 }
 
 async fn trace_logs_never_show_the_token_nor_the_link_signature(backend: Backend) {
-    let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
-    let db = TestDb::new(backend).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        &dir,
-        &config_text(&vendor, &db, "[[accounts]]\ncustomer_id = 42\n"),
-    );
+    let Setup {
+        vendor,
+        db,
+        dir: _dir,
+        config: path,
+    } = setup(backend, "[[accounts]]\ncustomer_id = 42\n").await;
     vendor.set_sessions((42, None), &sessions(&[("5519900000001", T1)]));
     vendor.push_cdn_fault((42, None), session_sync::simulator::CdnFault::Status(410));
     vendor.push_cdn_fault((42, None), session_sync::simulator::CdnFault::Redirect);
@@ -223,13 +238,12 @@ async fn trace_logs_never_show_the_token_nor_the_link_signature(backend: Backend
 }
 
 async fn migrate_creates_the_tables(backend: Backend) {
-    let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
-    let db = TestDb::new(backend).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        &dir,
-        &config_text(&vendor, &db, "[[accounts]]\ncustomer_id = 42\n"),
-    );
+    let Setup {
+        vendor,
+        db,
+        dir: _dir,
+        config: path,
+    } = setup(backend, "[[accounts]]\ncustomer_id = 42\n").await;
     let (code, out, err) = run(binary().arg("migrate").arg("--config").arg(&path)).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("migrations applied"));
@@ -251,17 +265,16 @@ async fn migrate_creates_the_tables(backend: Backend) {
 }
 
 async fn the_daemon_syncs_on_its_schedule_and_exits_0_on_sigterm(backend: Backend) {
-    let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
-    let db = TestDb::new(backend).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        &dir,
-        &config_text(
-            &vendor,
-            &db,
-            "[schedule]\ncron = \"* * * * * *\"\n[[accounts]]\ncustomer_id = 42\n",
-        ),
-    );
+    let Setup {
+        vendor,
+        db,
+        dir: _dir,
+        config: path,
+    } = setup(
+        backend,
+        "[schedule]\ncron = \"* * * * * *\"\n[[accounts]]\ncustomer_id = 42\n",
+    )
+    .await;
     vendor.set_sessions((42, None), &sessions(&[("5519900000001", T1)]));
     let child = binary()
         .arg("run")
