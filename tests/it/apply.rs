@@ -89,12 +89,11 @@ async fn later_syncs_keep_known_sessions_close_missing_ones_and_add_new(backend:
             ],
         ]
     );
-    let last_seen = h
-        .db
-        .rows(&match backend {
-            Backend::Sqlite => "SELECT source, last_seen_at FROM session_history ORDER BY source".to_owned(),
-            Backend::Postgres => "SELECT source, to_char(last_seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM session_history ORDER BY source".to_owned(),
-        })
+    let last_seen =
+        h.db.rows(&format!(
+            "SELECT source, {} FROM session_history ORDER BY source",
+            h.db.ts("last_seen_at")
+        ))
         .await;
     assert_eq!(
         last_seen[0][1].as_deref(),
@@ -164,12 +163,11 @@ async fn a_failed_run_leaves_closing_to_the_next_successful_run(backend: Backend
     );
     // last_seen_at of the closed session is the last successful run that listed it: run 1,
     // not the failed run in between.
-    let last_seen = h
-        .db
-        .rows(&match backend {
-            Backend::Sqlite => "SELECT last_seen_at FROM session_history WHERE NOT is_open".to_owned(),
-            Backend::Postgres => "SELECT to_char(last_seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') FROM session_history WHERE NOT is_open".to_owned(),
-        })
+    let last_seen =
+        h.db.rows(&format!(
+            "SELECT {} FROM session_history WHERE NOT is_open",
+            h.db.ts("last_seen_at")
+        ))
         .await;
     assert_eq!(
         last_seen[0][0].as_deref(),

@@ -109,7 +109,8 @@ impl TestDb {
         }
     }
 
-    fn ts(&self, column: &str) -> String {
+    /// A timestamp column as the same ISO text on both backends.
+    pub fn ts(&self, column: &str) -> String {
         match self.backend {
             Backend::Sqlite => column.to_owned(),
             Backend::Postgres => {
