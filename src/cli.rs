@@ -130,6 +130,7 @@ pub async fn execute(command: Command) -> ExitCode {
                 Err(code) => return code,
             };
             let shutdown = crate::daemon::shutdown_signal();
+            crate::daemon::refuse_reload();
             tokio::pin!(shutdown);
             let store = match crate::startup::open_store_patiently(&config, shutdown.as_mut()).await
             {

@@ -7,7 +7,12 @@
 //!   finds it still running is skipped (and says so at debug level);
 //! - at most `max_concurrent` runs proceed at once (a semaphore);
 //! - on shutdown no new run starts, running ones get `shutdown_grace` to finish, and those
-//!   still going are cancelled: their staged snapshot is dropped and the run is `abandoned`.
+//!   still going are cancelled: their staged snapshot is dropped and the run is `abandoned`;
+//! - systemd hears `READY=1` once the schedule runs, `STOPPING=1` on a stop signal, and
+//!   `WATCHDOG=1` from a job of the scheduler (see [`crate::systemd`]).
+//!
+//! There is no reload: SIGHUP is answered with a warning to restart instead (see
+//! [`refuse_reload`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,6 +40,7 @@ pub async fn run(
     let abort_running = CancellationToken::new();
 
     let scheduler = JobScheduler::new().await?;
+    let scheduler_accounts = accounts.len();
     for account in accounts {
         let account = Arc::new(account);
         let in_flight = Arc::new(Mutex::new(()));
@@ -81,10 +87,21 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("cron {cron:?}: {e}"))?;
         scheduler.add(job).await?;
     }
+    if let Some(period) = crate::systemd::watchdog_period() {
+        // Pinged by a job of the scheduler, so the pings stop if the scheduler does.
+        let job = Job::new_repeated_async(period, |_id, _scheduler| {
+            Box::pin(async { crate::systemd::watchdog_ping() })
+        })
+        .map_err(|e| anyhow::anyhow!("watchdog job: {e}"))?;
+        scheduler.add(job).await?;
+        tracing::debug!(period_secs = period.as_secs(), "systemd watchdog enabled");
+    }
     scheduler.start().await?;
     tracing::info!("scheduler started");
+    crate::systemd::ready(scheduler_accounts);
 
     shutdown.await;
+    crate::systemd::stopping();
     tracing::info!(
         grace_secs = config.schedule.shutdown_grace.as_secs(),
         "stopping: no new runs start; waiting for running ones"
@@ -127,5 +144,27 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
+    }
+}
+
+/// session-sync does not reload its configuration: SIGHUP (whose default action would kill
+/// the process) only logs a warning saying to restart. A restart is as gentle as a reload
+/// would be (running syncs get the shutdown grace period; all state is in the database), and
+/// it is the only way to pick up a rotated token, since systemd hands `LoadCredential=`
+/// files over at start only. Installs the handler at once; listens in a background task.
+pub fn refuse_reload() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::warn!(
+                        "SIGHUP received: session-sync does not reload its configuration; \
+                         restart it to apply changes (systemctl restart session-sync)"
+                    );
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
     }
 }

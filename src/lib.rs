@@ -13,6 +13,7 @@ pub mod snapshot;
 pub mod startup;
 pub mod store;
 pub mod sync;
+pub mod systemd;
 pub mod telemetry;
 pub mod timestamp;
 pub mod vendor;

@@ -44,6 +44,7 @@ pub async fn open_store_patiently(
                     .is_some_and(StoreError::is_unreachable) =>
             {
                 tracing::warn!(error = %format!("{e:#}"), retry_in_secs = wait.as_secs(), "database unreachable; retrying");
+                crate::systemd::waiting_for_database(wait);
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = &mut stop => return Ok(None),

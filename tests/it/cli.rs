@@ -11,7 +11,7 @@ use crate::on_both_backends;
 
 const T1: &str = "2026-11-20T10:00:00.000Z";
 
-fn binary() -> Command {
+pub(crate) fn binary() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_session-sync"));
     // The tests decide the environment the binary sees.
     for var in [
@@ -44,14 +44,14 @@ async fn run(cmd: &mut Command) -> (i32, String, String) {
 }
 
 /// A simulated vendor, a fresh database and a config file naming both, for the binary.
-struct Setup {
-    vendor: SimulatedVendor,
-    db: TestDb,
-    dir: tempfile::TempDir,
-    config: std::path::PathBuf,
+pub(crate) struct Setup {
+    pub vendor: SimulatedVendor,
+    pub db: TestDb,
+    pub dir: tempfile::TempDir,
+    pub config: std::path::PathBuf,
 }
 
-async fn setup(backend: Backend, extra: &str) -> Setup {
+pub(crate) async fn setup(backend: Backend, extra: &str) -> Setup {
     let vendor = SimulatedVendor::start("acme", TOKEN).await.unwrap();
     let db = TestDb::new(backend).await;
     let dir = tempfile::tempdir().unwrap();

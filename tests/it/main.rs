@@ -17,3 +17,4 @@ mod properties;
 mod readme;
 mod rejected;
 mod request;
+mod systemd;
