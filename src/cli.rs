@@ -3,7 +3,7 @@
 //! | exit code | meaning |
 //! | --- | --- |
 //! | 0 | done (every account synced, the daemon stopped cleanly, the config is valid) |
-//! | 1 | a sync failed, or the database could not be reached or migrated |
+//! | 1 | a sync failed (`status`: an account's latest run failed), or the database could not be reached or migrated |
 //! | 2 | the configuration is invalid (nothing was contacted) |
 
 use std::io::Write;
@@ -38,6 +38,9 @@ pub enum Command {
     Migrate(ConfigArg),
     /// Validate the configuration and print it with secrets redacted; contacts nothing.
     CheckConfig(ConfigArg),
+    /// One line per account from the database: last run, result, last success, open
+    /// sessions; exits 1 if any account's latest run failed.
+    Status(ConfigArg),
     /// Sync a few accounts of a built-in simulated vendor through several rounds into a
     /// SQLite file, then show what was recorded and how to query it.
     Demo(DemoArgs),
@@ -124,6 +127,23 @@ pub async fn execute(command: Command) -> ExitCode {
             }
         }
         Command::Sync(args) => sync_once(args).await,
+        Command::Status(arg) => {
+            let config = match load(&arg) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match crate::status::report(&config, crate::timestamp::Timestamp::now()).await {
+                Ok(report) => {
+                    let _ = std::io::stdout().lock().write_all(report.table.as_bytes());
+                    if report.any_failed {
+                        ExitCode::from(EXIT_FAILED)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => fatal(e),
+            }
+        }
         Command::Run(arg) => {
             let config = match load(&arg) {
                 Ok(c) => c,

@@ -61,6 +61,8 @@ struct FileConfig {
     #[serde(default)]
     sync: FileSync,
     #[serde(default)]
+    metrics: FileMetrics,
+    #[serde(default)]
     accounts: Vec<FileAccount>,
 }
 
@@ -96,6 +98,12 @@ struct FileSync {
     busy_timeout_secs: Option<u64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    listen: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileAccount {
@@ -120,6 +128,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub schedule: ScheduleConfig,
     pub sync: SyncConfig,
+    pub metrics: MetricsConfig,
     pub accounts: Vec<AccountConfig>,
     /// Things worth an operator's attention that do not stop start-up (a token readable by
     /// others, say); logged as warnings when the service starts.
@@ -177,6 +186,13 @@ pub struct SyncConfig {
 }
 
 /// One `[[accounts]]` entry.
+/// `[metrics]`: the Prometheus endpoint (see `crate::metrics`).
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served by `run`; `None` (the default) serves nothing.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 #[derive(Debug, Clone)]
 pub struct AccountConfig {
     pub customer_id: i64,
@@ -401,6 +417,12 @@ impl Config {
             "busy_timeout_secs = {}",
             self.sync.busy_timeout.as_secs()
         );
+        let _ = writeln!(out, "[metrics]");
+        match self.metrics.listen {
+            Some(addr) => writeln!(out, "listen = {:?}", addr.to_string()),
+            None => writeln!(out, "# listen unset: no metrics endpoint"),
+        }
+        .ok();
         for a in &self.accounts {
             let _ = writeln!(out, "[[accounts]] # {}", a.label());
             let _ = writeln!(out, "username = {:?}", a.credentials.username);
@@ -606,6 +628,16 @@ fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, C
         return Err(invalid("sync.max_download_bytes", "must be at least 1"));
     }
 
+    let listen = match file.metrics.listen {
+        None => None,
+        Some(raw) => Some(raw.parse::<std::net::SocketAddr>().map_err(|_| {
+            invalid(
+                "metrics.listen",
+                format!("{raw:?} is not an address and port such as \"127.0.0.1:9187\""),
+            )
+        })?),
+    };
+
     if file.accounts.is_empty() {
         return Err(invalid(
             "accounts",
@@ -686,6 +718,7 @@ fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, C
             max_download_bytes,
             busy_timeout: Duration::from_secs(sync.busy_timeout_secs.unwrap_or(60)),
         },
+        metrics: MetricsConfig { listen },
         accounts,
         warnings,
         token_inline,

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::sync::{sync_account, Account, SyncContext};
+use crate::timestamp::Timestamp;
 
 /// Runs the schedule until `shutdown` completes, then drains. Returns an error only when the
 /// scheduler itself cannot be set up.
@@ -33,6 +34,19 @@ pub async fn run(
     accounts: Vec<Account>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let stop_metrics = CancellationToken::new();
+    let metrics_server = match config.metrics.listen {
+        Some(listen) => {
+            seed_metrics(&ctx, &accounts).await;
+            let server = ctx
+                .metrics
+                .serve(listen, stop_metrics.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics.listen = {listen}: {e}"))?;
+            Some(server)
+        }
+        None => None,
+    };
     let ctx = Arc::new(ctx);
     let semaphore = Arc::new(Semaphore::new(config.schedule.max_concurrent));
     let tracker = TaskTracker::new();
@@ -120,9 +134,32 @@ pub async fn run(
         abort_running.cancel();
         tracker.wait().await;
     }
+    stop_metrics.cancel();
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     ctx.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the open-sessions and last-success gauges of the configured accounts from the
+/// database, so that a restart does not look like a fresh start to an alert.
+async fn seed_metrics(ctx: &SyncContext, accounts: &[Account]) {
+    let day_ago = Timestamp::from_millis(Timestamp::now().as_millis() - 86_400_000)
+        .unwrap_or_else(Timestamp::now);
+    match ctx.store.account_statuses(day_ago).await {
+        Ok(mut statuses) => {
+            statuses.retain(|s| {
+                accounts.iter().any(|a| {
+                    a.config.customer_id == s.customer_id
+                        && a.config.sub_account_id == s.sub_account_id
+                })
+            });
+            ctx.metrics.seed(&statuses);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the accounts' state for the metrics"),
+    }
 }
 
 /// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when

@@ -4,6 +4,7 @@
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::sync::{Account, SyncContext};
 use crate::vendor::VendorClient;
@@ -67,12 +68,14 @@ pub async fn prepare_with(
     config: &Config,
     store: Store,
 ) -> anyhow::Result<(SyncContext, Vec<Account>)> {
-    let vendor = VendorClient::new(&config.api, config.sync.max_download_bytes)
+    let metrics = Metrics::new();
+    let vendor = VendorClient::new(&config.api, config.sync.max_download_bytes, metrics.clone())
         .context("building the HTTP client")?;
     let ctx = SyncContext {
         store,
         vendor,
         settings: config.sync.clone(),
+        metrics,
     };
     let accounts = ctx
         .register(&config.accounts)

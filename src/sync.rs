@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AccountConfig, SyncConfig};
+use crate::metrics::{Metrics, RunResult};
 use crate::snapshot::{Row, SnapshotReader};
 use crate::store::{
     AccountId, ApplyCounts, ApplyParams, ReadCounts, RunId, RunStatus, Staging, Store,
@@ -30,6 +31,7 @@ pub struct SyncContext {
     pub store: Store,
     pub vendor: VendorClient,
     pub settings: SyncConfig,
+    pub metrics: Metrics,
 }
 
 /// A configured account with its row in `accounts`.
@@ -170,17 +172,33 @@ pub async fn sync_account(
         run: None,
         counts: ReadCounts::default(),
     };
-    let Some(lock) = ctx
-        .store
-        .lock_account(account.id)
-        .await
-        .map_err(|e| early(Step::Claim, e.to_string()))?
-    else {
-        tracing::debug!("{SKIPPED}");
-        return Err(early(Step::Claim, SKIPPED.to_owned()));
+    let clock = Instant::now();
+    let claim = ctx.store.lock_account(account.id).await;
+    let result = match claim {
+        Err(e) => Err(early(Step::Claim, e.to_string())),
+        Ok(None) => {
+            tracing::debug!("{SKIPPED}");
+            Err(early(Step::Claim, SKIPPED.to_owned()))
+        }
+        Ok(Some(lock)) => {
+            let result = claimed_run(ctx, account, abort).await;
+            lock.release().await;
+            result
+        }
     };
-    let result = claimed_run(ctx, account, abort).await;
-    lock.release().await;
+    let (outcome, read) = match &result {
+        Ok(report) => (RunResult::Succeeded(report.applied), report.read),
+        Err(e) if e.is_skip() => (RunResult::Skipped, e.counts),
+        Err(e) if e.step == Step::Shutdown => (RunResult::Abandoned, e.counts),
+        Err(e) => (RunResult::Failed, e.counts),
+    };
+    ctx.metrics.record_run(
+        account.config.customer_id,
+        account.config.sub_account_id,
+        outcome,
+        read,
+        clock.elapsed(),
+    );
     result
 }
 

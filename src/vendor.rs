@@ -25,6 +25,7 @@ use tokio_util::io::StreamReader;
 use url::Url;
 
 use crate::config::{AccountConfig, ApiConfig};
+use crate::metrics::{HttpRequest, Metrics};
 
 const HEADER_TOKEN: &str = "authenticationToken";
 const HEADER_USER: &str = "userName";
@@ -167,10 +168,15 @@ pub struct VendorClient {
     base_url: Url,
     retry: RetryPolicy,
     max_download_bytes: u64,
+    metrics: Metrics,
 }
 
 impl VendorClient {
-    pub fn new(cfg: &ApiConfig, max_download_bytes: u64) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        cfg: &ApiConfig,
+        max_download_bytes: u64,
+        metrics: Metrics,
+    ) -> Result<Self, reqwest::Error> {
         let api = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(cfg.timeout)
@@ -193,7 +199,21 @@ impl VendorClient {
                 max_wait: cfg.max_retry_wait,
             },
             max_download_bytes,
+            metrics,
         })
+    }
+
+    /// Sends one request, timing it for the metrics.
+    async fn send(
+        &self,
+        request: HttpRequest,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, VendorError> {
+        let clock = std::time::Instant::now();
+        let sent = builder.send().await;
+        let status = sent.as_ref().ok().map(|r| r.status().as_u16());
+        self.metrics.record_http(request, status, clock.elapsed());
+        sent.map_err(VendorError::transport)
     }
 
     /// `GET /v1/session?customerId=..[&subAccountId=..]`, exactly as documented.
@@ -236,12 +256,11 @@ impl VendorClient {
         headers.insert(HEADER_USER, user);
 
         let response = self
-            .api
-            .get(self.session_url(account))
-            .headers(headers)
-            .send()
-            .await
-            .map_err(VendorError::transport)?;
+            .send(
+                HttpRequest::SessionLink,
+                self.api.get(self.session_url(account)).headers(headers),
+            )
+            .await?;
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(VendorError::AuthRejected {
@@ -266,11 +285,8 @@ impl VendorClient {
             .run("download", || -> BoxedCall<'_, reqwest::Response> {
                 Box::pin(async {
                     let response = self
-                        .download
-                        .get(link.clone())
-                        .send()
-                        .await
-                        .map_err(VendorError::transport)?;
+                        .send(HttpRequest::Download, self.download.get(link.clone()))
+                        .await?;
                     let status = response.status();
                     match status.as_u16() {
                         200..=299 => Ok(response),

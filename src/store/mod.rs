@@ -85,6 +85,8 @@ pub struct ApplyCounts {
     pub sessions_new: u64,
     pub sessions_reopened: u64,
     pub sessions_closed: u64,
+    /// The account's open sessions once the snapshot is applied.
+    pub sessions_open: u64,
 }
 
 /// Everything [`Staging::apply`] needs to know about the run.
@@ -187,6 +189,23 @@ impl Store {
         }
     }
 
+    /// Opens the database for reading only, beside a running daemon: for `status` and
+    /// `export`. Nothing is created or migrated, and a SQLite file's instance lock is not
+    /// claimed (SQLite's WAL lets readers work while the daemon writes).
+    pub async fn connect_reader(url: &DatabaseUrl) -> Result<Store, StoreError> {
+        match url.backend().map_err(|e| StoreError {
+            action: "reading database_url",
+            source: sqlx::Error::Configuration(e.to_string().into()),
+        })? {
+            Backend::Sqlite => Ok(Store::Sqlite(
+                sqlite::SqliteStore::connect_reader(url.expose()).await?,
+            )),
+            Backend::Postgres => Ok(Store::Postgres(
+                postgres::PostgresStore::connect(url.expose(), 2).await?,
+            )),
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         match self {
             Store::Sqlite(_) => Backend::Sqlite,
@@ -239,7 +258,7 @@ impl Store {
     /// database never sync it at the same time: `None` when another holds it. PostgreSQL
     /// uses a session-level advisory lock on a connection kept for the run (released by
     /// [`AccountLock::release`], or by closing the connection if the run is dropped or the
-    /// process dies). A SQLite file belongs to one process (see `crate::instance`), whose
+    /// process dies). A SQLite file belongs to one process (see `sqlite::claim_file`), whose
     /// daemon never overlaps runs of an account, so there is nothing more to claim.
     pub async fn lock_account(
         &self,
@@ -254,6 +273,15 @@ impl Store {
     /// Per-account figures for the demo and for operators' summaries.
     pub async fn account_summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
         dispatch!(self, s => s.account_summaries().await)
+    }
+
+    /// Each account's health, as `status` prints it and as the metrics start from:
+    /// `opened_since` bounds the count of recently opened sessions.
+    pub async fn account_statuses(
+        &self,
+        opened_since: Timestamp,
+    ) -> Result<Vec<AccountStatus>, StoreError> {
+        dispatch!(self, s => s.account_statuses(opened_since).await)
     }
 
     pub async fn close(&self) {
@@ -317,6 +345,30 @@ pub struct AccountSummary {
     pub sessions_closed: i64,
     pub runs_succeeded: i64,
     pub runs_failed: i64,
+}
+
+/// One account's health: see [`Store::account_statuses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountStatus {
+    pub customer_id: i64,
+    pub sub_account_id: Option<i64>,
+    pub name: Option<String>,
+    /// The latest run that finished (runs still going are not looked at).
+    pub last_run: Option<FinishedRun>,
+    /// When the latest successful run finished.
+    pub last_success: Option<Timestamp>,
+    pub open_sessions: i64,
+    /// Sessions whose `session_created_at` is at or after the `opened_since` asked for.
+    pub opened_since: i64,
+}
+
+/// A run that ended, with its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedRun {
+    pub started_at: Timestamp,
+    /// `succeeded`, `failed` or `abandoned`.
+    pub status: String,
+    pub error: Option<String>,
 }
 
 /// How many staged sessions go into one multi-row statement: 3 binds each, far

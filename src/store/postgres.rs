@@ -12,8 +12,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, Postgres, Row};
 
 use super::{
-    AccountId, AccountSummary, ApplyCounts, ApplyParams, Doing, ReadCounts, RunId, RunStatus,
-    StoreError, ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
+    AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Doing, FinishedRun,
+    ReadCounts, RunId, RunStatus, StoreError, ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
 use crate::snapshot::{Rejection, SessionKey};
@@ -25,6 +25,27 @@ const COPY_CHUNK_BYTES: usize = 1 << 20;
 const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// PostgreSQL's binary timestamps count microseconds from 2000-01-01T00:00:00Z.
 const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// Each account's latest finished run, last success and session counts.
+const ACCOUNT_STATUS_SQL: &str = "\
+    SELECT a.customer_id, a.sub_account_id, a.name, \
+        last_run.started_at, last_run.status, last_run.error, \
+        (SELECT r.finished_at FROM sync_runs r \
+         WHERE r.account_id = a.id AND r.status = 'succeeded' \
+         ORDER BY r.started_at DESC LIMIT 1), \
+        (SELECT count(*) FROM sessions s WHERE s.account_id = a.id AND s.closed_at IS NULL), \
+        (SELECT count(*) FROM sessions s \
+         WHERE s.account_id = a.id AND s.session_created_at >= $1) \
+    FROM accounts a \
+    LEFT JOIN sync_runs last_run ON last_run.id = ( \
+        SELECT r.id FROM sync_runs r WHERE r.account_id = a.id AND r.status <> 'running' \
+        ORDER BY r.started_at DESC, r.id DESC LIMIT 1) \
+    ORDER BY a.customer_id, a.sub_account_id IS NOT NULL, a.sub_account_id";
+
+fn ts_at(row: &sqlx::postgres::PgRow, i: usize) -> Option<Timestamp> {
+    row.get::<Option<chrono::DateTime<chrono::Utc>>, _>(i)
+        .and_then(Timestamp::from_chrono)
+}
 
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -184,6 +205,33 @@ impl PostgresStore {
                 sessions_closed: r.get(4),
                 runs_succeeded: r.get(5),
                 runs_failed: r.get(6),
+            })
+            .collect())
+    }
+
+    pub async fn account_statuses(
+        &self,
+        opened_since: Timestamp,
+    ) -> Result<Vec<AccountStatus>, StoreError> {
+        let rows = sqlx::query(ACCOUNT_STATUS_SQL)
+            .bind(tz(opened_since))
+            .fetch_all(&self.pool)
+            .await
+            .doing("reading each account's status")?;
+        Ok(rows
+            .iter()
+            .map(|r| AccountStatus {
+                customer_id: r.get(0),
+                sub_account_id: r.get(1),
+                name: r.get(2),
+                last_run: ts_at(r, 3).map(|started_at| FinishedRun {
+                    started_at,
+                    status: r.get(4),
+                    error: r.get(5),
+                }),
+                last_success: ts_at(r, 6),
+                open_sessions: r.get(7),
+                opened_since: r.get(8),
             })
             .collect())
     }
@@ -463,6 +511,7 @@ impl PostgresStaging {
             sessions_new: new,
             sessions_reopened: reopened,
             sessions_closed: closed,
+            sessions_open: (open_before as u64 + new + reopened).saturating_sub(closed),
         };
         let marked = sqlx::query(
             "UPDATE sync_runs SET status = 'succeeded', finished_at = $1, rows_read = $2, \

@@ -16,12 +16,33 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Executor, Row, Sqlite};
 
 use super::{
-    AccountId, AccountSummary, ApplyCounts, ApplyParams, Doing, ReadCounts, RunId, RunStatus,
-    StoreError, ABANDONED_BY_CRASH, BATCH_ROWS, REJECT_BATCH_ROWS,
+    AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Doing, FinishedRun,
+    ReadCounts, RunId, RunStatus, StoreError, ABANDONED_BY_CRASH, BATCH_ROWS, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
 use crate::snapshot::{PhoneNumber, Rejection, SessionKey};
 use crate::timestamp::Timestamp;
+
+/// Each account's latest finished run, last success and session counts.
+const ACCOUNT_STATUS_SQL: &str = "\
+    SELECT a.customer_id, a.sub_account_id, a.name, \
+        last_run.started_at, last_run.status, last_run.error, \
+        (SELECT r.finished_at FROM sync_runs r \
+         WHERE r.account_id = a.id AND r.status = 'succeeded' \
+         ORDER BY r.started_at DESC LIMIT 1), \
+        (SELECT count(*) FROM sessions s WHERE s.account_id = a.id AND s.closed_at IS NULL), \
+        (SELECT count(*) FROM sessions s \
+         WHERE s.account_id = a.id AND s.session_created_at >= ?1) \
+    FROM accounts a \
+    LEFT JOIN sync_runs last_run ON last_run.id = ( \
+        SELECT r.id FROM sync_runs r WHERE r.account_id = a.id AND r.status <> 'running' \
+        ORDER BY r.started_at DESC, r.id DESC LIMIT 1) \
+    ORDER BY a.customer_id, a.sub_account_id IS NOT NULL, a.sub_account_id";
+
+fn ts_at(row: &sqlx::sqlite::SqliteRow, i: usize) -> Option<Timestamp> {
+    row.get::<Option<String>, _>(i)
+        .and_then(|t| Timestamp::parse_iso(&t))
+}
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -105,6 +126,25 @@ impl SqliteStore {
             pool,
             writer: Arc::default(),
             _instance: instance.map(Arc::new),
+        })
+    }
+
+    /// A read-only pool for `status` and `export`: the file must exist; its instance lock
+    /// is left to the daemon, which may be writing meanwhile.
+    pub async fn connect_reader(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .doing("reading the SQLite database URL")?
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .doing("opening the SQLite database for reading")?;
+        Ok(SqliteStore {
+            pool,
+            writer: Arc::default(),
+            _instance: None,
         })
     }
 
@@ -229,6 +269,33 @@ impl SqliteStore {
                 sessions_closed: r.get(4),
                 runs_succeeded: r.get(5),
                 runs_failed: r.get(6),
+            })
+            .collect())
+    }
+
+    pub async fn account_statuses(
+        &self,
+        opened_since: Timestamp,
+    ) -> Result<Vec<AccountStatus>, StoreError> {
+        let rows = sqlx::query(ACCOUNT_STATUS_SQL)
+            .bind(iso(opened_since))
+            .fetch_all(&self.pool)
+            .await
+            .doing("reading each account's status")?;
+        Ok(rows
+            .iter()
+            .map(|r| AccountStatus {
+                customer_id: r.get(0),
+                sub_account_id: r.get(1),
+                name: r.get(2),
+                last_run: ts_at(r, 3).map(|started_at| FinishedRun {
+                    started_at,
+                    status: r.get(4),
+                    error: r.get(5),
+                }),
+                last_success: ts_at(r, 6),
+                open_sessions: r.get(7),
+                opened_since: r.get(8),
             })
             .collect())
     }
@@ -474,6 +541,7 @@ impl SqliteStaging {
             sessions_new: new,
             sessions_reopened: reopened,
             sessions_closed: closed,
+            sessions_open: (open_before as u64 + new + reopened).saturating_sub(closed),
         };
         let marked = sqlx::query(
             "UPDATE sync_runs SET status = 'succeeded', finished_at = ?1, rows_read = ?2, \

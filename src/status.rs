@@ -1,0 +1,160 @@
+//! `session-sync status`: one line per configured account, read from the database (it works
+//! beside a running daemon, and on PostgreSQL from any host), and an exit code a health
+//! check can use: 1 when any account's latest finished run failed.
+//!
+//! A run still going is not looked at (its predecessor decides); an `abandoned` run (a stop
+//! or a crash cut it short) is not a failure, since nothing was wrong with the feed.
+
+use std::fmt::Write;
+
+use crate::config::Config;
+use crate::store::{AccountStatus, Store};
+use crate::timestamp::Timestamp;
+
+/// What `status` found.
+pub struct Report {
+    pub table: String,
+    /// Some configured account's latest finished run failed.
+    pub any_failed: bool,
+}
+
+/// Reads every configured account's status.
+pub async fn report(config: &Config, now: Timestamp) -> anyhow::Result<Report> {
+    let store = Store::connect_reader(&config.database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("database {}: {e}", config.database_url))?;
+    let day_ago = Timestamp::from_millis(now.as_millis() - 86_400_000).unwrap_or(now);
+    let statuses = store.account_statuses(day_ago).await;
+    store.close().await;
+    let statuses = statuses.map_err(|e| {
+        anyhow::anyhow!(
+            "database {}: {e} (has `session-sync migrate` been run?)",
+            config.database_url
+        )
+    })?;
+    let rows: Vec<(String, Option<&AccountStatus>)> = config
+        .accounts
+        .iter()
+        .map(|a| {
+            let found = statuses
+                .iter()
+                .find(|s| s.customer_id == a.customer_id && s.sub_account_id == a.sub_account_id);
+            (a.label(), found)
+        })
+        .collect();
+    let any_failed = rows.iter().any(|(_, s)| {
+        s.and_then(|s| s.last_run.as_ref())
+            .is_some_and(|r| r.status == "failed")
+    });
+    Ok(Report {
+        table: render(&rows, now),
+        any_failed,
+    })
+}
+
+fn render(rows: &[(String, Option<&AccountStatus>)], now: Timestamp) -> String {
+    let header = [
+        "ACCOUNT",
+        "LAST RUN",
+        "RESULT",
+        "LAST SUCCESS",
+        "OPEN NOW",
+        "OPENED 24H",
+        "ERROR",
+    ];
+    let mut cells: Vec<[String; 7]> = vec![header.map(str::to_owned)];
+    for (label, status) in rows {
+        let never = || "never".to_owned();
+        let row = match status {
+            None => [
+                label.clone(),
+                never(),
+                "-".into(),
+                never(),
+                "0".into(),
+                "0".into(),
+                String::new(),
+            ],
+            Some(s) => [
+                label.clone(),
+                s.last_run
+                    .as_ref()
+                    .map_or_else(never, |r| when(r.started_at, now)),
+                s.last_run
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |r| r.status.clone()),
+                s.last_success.map_or_else(never, |t| when(t, now)),
+                s.open_sessions.to_string(),
+                s.opened_since.to_string(),
+                s.last_run
+                    .as_ref()
+                    .and_then(|r| r.error.as_deref())
+                    .map(one_line)
+                    .unwrap_or_default(),
+            ],
+        };
+        cells.push(row);
+    }
+    let mut widths = [0usize; 7];
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &cells {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `2026-11-25 10:15:03Z (4m ago)`.
+fn when(t: Timestamp, now: Timestamp) -> String {
+    let iso = t.to_iso();
+    let shown = format!("{} {}Z", &iso[..10], &iso[11..19]);
+    let secs = (now.as_millis() - t.as_millis()) / 1000;
+    let ago = match secs {
+        s if s < 0 => "in the future".to_owned(),
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s if s < 172_800 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    };
+    format!("{shown} ({ago})")
+}
+
+/// Errors may hold line breaks (a quoted CSV record); a table row may not.
+fn one_line(error: &str) -> String {
+    error.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_shown_in_utc_with_their_age() {
+        let now = Timestamp::parse_iso("2026-11-25T10:19:03.000Z").unwrap();
+        let t = Timestamp::parse_iso("2026-11-25T10:15:03.500Z").unwrap();
+        assert_eq!(when(t, now), "2026-11-25 10:15:03Z (3m ago)");
+        let t = Timestamp::parse_iso("2026-11-20T10:15:03.000Z").unwrap();
+        assert_eq!(when(t, now), "2026-11-20 10:15:03Z (5d ago)");
+    }
+
+    #[test]
+    fn an_error_spanning_lines_stays_on_its_row() {
+        assert_eq!(
+            one_line("reading:\n  bad \"x\r\ny\""),
+            "reading: bad \"x y\""
+        );
+    }
+}

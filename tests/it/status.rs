@@ -1,0 +1,167 @@
+//! `session-sync status`: the table operators read and the exit code health checks use.
+
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use session_sync::simulator::ApiFault;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::cli::{binary, setup, Setup};
+use crate::helpers::{sessions, Backend};
+use crate::on_both_backends;
+
+fn hours_ago(h: i64) -> String {
+    (Utc::now() - chrono::Duration::hours(h)).to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+async fn status(config: &std::path::Path) -> (i32, String, String) {
+    let out = binary()
+        .arg("status")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The row of `label` in the table, split on runs of two or more spaces.
+fn row<'a>(table: &'a str, label: &str) -> Vec<&'a str> {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no row for {label}:\n{table}"));
+    line.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+async fn status_shows_each_account_and_exits_1_while_one_last_failed(backend: Backend) {
+    let Setup {
+        vendor,
+        db: _db,
+        dir: _dir,
+        config,
+    } = setup(
+        backend,
+        "[[accounts]]\ncustomer_id = 42\n[[accounts]]\ncustomer_id = 43\n\
+         [[accounts]]\ncustomer_id = 44\nsub_account_id = 7\n",
+    )
+    .await;
+    // Two open sessions of 42, one created within the last 24 hours.
+    vendor.set_sessions(
+        (42, None),
+        &sessions(&[
+            ("5519900000001", &hours_ago(1)),
+            ("5519900000002", &hours_ago(30)),
+        ]),
+    );
+    vendor.set_sessions((43, None), &sessions(&[("5519900000003", &hours_ago(2))]));
+    vendor.push_api_fault((43, None), ApiFault::Answer("not json".into()));
+    for customer in ["42", "43"] {
+        let _ = binary()
+            .args(["sync", "--customer", customer, "--config"])
+            .arg(&config)
+            .output()
+            .await
+            .unwrap();
+    }
+
+    let (code, table, err) = status(&config).await;
+    assert_eq!(code, 1, "43's last run failed: {table}{err}");
+    let header = row(&table, "ACCOUNT");
+    assert_eq!(
+        header,
+        [
+            "ACCOUNT",
+            "LAST RUN",
+            "RESULT",
+            "LAST SUCCESS",
+            "OPEN NOW",
+            "OPENED 24H",
+            "ERROR"
+        ]
+    );
+    let good = row(&table, "customer 42");
+    assert_eq!(good[2], "succeeded", "{table}");
+    assert!(good[1].ends_with("s ago)"), "{table}");
+    assert_eq!(
+        good[3], good[1],
+        "its last run is its last success: {table}"
+    );
+    assert_eq!(&good[4..], ["2", "1"], "{table}");
+    let bad = row(&table, "customer 43");
+    assert_eq!(&bad[2..6], ["failed", "never", "0", "0"], "{table}");
+    assert!(
+        bad[6].starts_with("requesting the download link:"),
+        "{table}"
+    );
+    let never = row(&table, "customer 44 / sub-account 7");
+    assert_eq!(&never[1..], ["never", "-", "never", "0", "0"], "{table}");
+
+    // 43 recovers: every account's latest run is fine again.
+    let synced = binary()
+        .args(["sync", "--customer", "43", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(synced.status.success());
+    let (code, table, _) = status(&config).await;
+    assert_eq!(code, 0, "{table}");
+    let recovered = row(&table, "customer 43");
+    assert_eq!(recovered[2], "succeeded", "{table}");
+    assert_eq!(
+        &recovered[4..],
+        ["1", "1"],
+        "no error column once it succeeded: {table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_a_sqlite_file_while_the_daemon_holds_it() {
+    let Setup {
+        vendor,
+        db: _db,
+        dir: _dir,
+        config,
+    } = setup(
+        Backend::Sqlite,
+        "[schedule]\ncron = \"* * * * * *\"\n[[accounts]]\ncustomer_id = 42\n",
+    )
+    .await;
+    vendor.set_sessions((42, None), &sessions(&[("5519900000001", &hours_ago(1))]));
+    let mut child = binary()
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("run finished") {
+                return;
+            }
+        }
+        panic!("the daemon ended before a run finished");
+    })
+    .await
+    .expect("a run within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let (code, table, err) = status(&config).await;
+    assert!(child.try_wait().unwrap().is_none(), "the daemon still runs");
+    child.kill().await.unwrap();
+    assert_eq!(code, 0, "{table}{err}");
+    assert_eq!(row(&table, "customer 42")[2], "succeeded");
+}
+
+on_both_backends!(status_shows_each_account_and_exits_1_while_one_last_failed);
