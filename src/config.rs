@@ -919,6 +919,17 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_is_off_by_default_and_a_bad_address_names_the_key() {
+        let c = Config::from_toml(MINIMAL, Path::new("."), &no_env()).unwrap();
+        assert_eq!(c.metrics.listen, None);
+        let with = format!("[metrics]\nlisten = \"127.0.0.1:9187\"\n{MINIMAL}");
+        let c = Config::from_toml(&with, Path::new("."), &no_env()).unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9187".parse().unwrap()));
+        let bad = format!("[metrics]\nlisten = \"localhost\"\n{MINIMAL}");
+        assert!(err_of(&bad).contains("metrics.listen"), "{}", err_of(&bad));
+    }
+
+    #[test]
     fn duplicate_accounts_are_refused() {
         let e = err_of(&format!("{MINIMAL}\n[[accounts]]\ncustomer_id = 42\n"));
         assert!(e.starts_with("accounts[1].customer_id"), "{e}");
