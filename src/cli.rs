@@ -34,6 +34,8 @@ pub enum Command {
     Run(ConfigArg),
     /// Sync every configured account (or the one named) once, now; one summary line each.
     Sync(SyncArgs),
+    /// Write session_history rows created since a date to stdout, as CSV or JSON lines.
+    Export(ExportArgs),
     /// Apply the database migrations and exit.
     Migrate(ConfigArg),
     /// Validate the configuration and print it with secrets redacted; contacts nothing.
@@ -74,6 +76,20 @@ pub struct SyncArgs {
     /// Only this sub-account of --customer.
     #[arg(long, requires = "customer")]
     pub sub_account: Option<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Sessions created at or after this: a date (midnight UTC) or an RFC 3339 time.
+    #[arg(long, value_parser = crate::export::parse_since)]
+    pub since: crate::timestamp::Timestamp,
+    /// Only the sessions of this customer id (all its sub-accounts).
+    #[arg(long)]
+    pub customer: Option<i64>,
+    #[arg(long, value_enum, default_value_t = crate::export::Format::Csv)]
+    pub format: crate::export::Format,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +143,24 @@ pub async fn execute(command: Command) -> ExitCode {
             }
         }
         Command::Sync(args) => sync_once(args).await,
+        Command::Export(args) => {
+            let config = match load(&args.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let exported = crate::export::export(
+                &config,
+                args.since,
+                args.customer,
+                args.format,
+                tokio::io::stdout(),
+            )
+            .await;
+            match exported {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => fatal(e.into()),
+            }
+        }
         Command::Status(arg) => {
             let config = match load(&arg) {
                 Ok(c) => c,

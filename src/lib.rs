@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod export;
 pub mod metrics;
 pub mod simulator;
 pub mod snapshot;

@@ -284,6 +284,16 @@ impl Store {
         dispatch!(self, s => s.account_statuses(opened_since).await)
     }
 
+    /// Streams `session_history` rows created at or after `since` (of one customer, if
+    /// given), oldest first: what `export` writes.
+    pub fn export_history(
+        &self,
+        since: Timestamp,
+        customer: Option<i64>,
+    ) -> futures_util::stream::BoxStream<'_, Result<HistoryRow, StoreError>> {
+        dispatch!(self, s => s.export_history(since, customer))
+    }
+
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await)
     }
@@ -360,6 +370,21 @@ pub struct AccountStatus {
     pub open_sessions: i64,
     /// Sessions whose `session_created_at` is at or after the `opened_since` asked for.
     pub opened_since: i64,
+}
+
+/// One row of the `session_history` view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    pub customer_id: i64,
+    pub sub_account_id: Option<i64>,
+    pub account_name: Option<String>,
+    pub source: String,
+    pub session_created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub first_seen_at: Timestamp,
+    pub last_seen_at: Option<Timestamp>,
+    pub closed_at: Option<Timestamp>,
+    pub is_open: bool,
 }
 
 /// A run that ended, with its outcome.

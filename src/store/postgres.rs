@@ -7,13 +7,14 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures_util::stream::{BoxStream, StreamExt};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, Postgres, Row};
 
 use super::{
     AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Doing, FinishedRun,
-    ReadCounts, RunId, RunStatus, StoreError, ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
+    HistoryRow, ReadCounts, RunId, RunStatus, StoreError, ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
 use crate::snapshot::{Rejection, SessionKey};
@@ -25,6 +26,37 @@ const COPY_CHUNK_BYTES: usize = 1 << 20;
 const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// PostgreSQL's binary timestamps count microseconds from 2000-01-01T00:00:00Z.
 const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// `export`: the view's rows, oldest first; the sort follows the timestamp index.
+const EXPORT_SQL: &str = "\
+    SELECT customer_id, sub_account_id, account_name, source, session_created_at, expires_at, \
+        first_seen_at, last_seen_at, closed_at, is_open \
+    FROM session_history \
+    WHERE session_created_at >= $1 AND ($2::bigint IS NULL OR customer_id = $2) \
+    ORDER BY session_created_at, customer_id, sub_account_id, source";
+
+fn ts_req(row: &sqlx::postgres::PgRow, i: usize) -> Result<Timestamp, sqlx::Error> {
+    let t: chrono::DateTime<chrono::Utc> = row.try_get(i)?;
+    Timestamp::from_chrono(t).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: i.to_string(),
+        source: format!("a timestamp out of session-sync's range: {t}").into(),
+    })
+}
+
+fn history_row(r: &sqlx::postgres::PgRow) -> Result<HistoryRow, sqlx::Error> {
+    Ok(HistoryRow {
+        customer_id: r.try_get(0)?,
+        sub_account_id: r.try_get(1)?,
+        account_name: r.try_get(2)?,
+        source: r.try_get(3)?,
+        session_created_at: ts_req(r, 4)?,
+        expires_at: ts_req(r, 5)?,
+        first_seen_at: ts_req(r, 6)?,
+        last_seen_at: ts_at(r, 7),
+        closed_at: ts_at(r, 8),
+        is_open: r.try_get(9)?,
+    })
+}
 
 /// Each account's latest finished run, last success and session counts.
 const ACCOUNT_STATUS_SQL: &str = "\
@@ -234,6 +266,22 @@ impl PostgresStore {
                 opened_since: r.get(8),
             })
             .collect())
+    }
+
+    pub fn export_history(
+        &self,
+        since: Timestamp,
+        customer: Option<i64>,
+    ) -> BoxStream<'_, Result<HistoryRow, StoreError>> {
+        sqlx::query(EXPORT_SQL)
+            .bind(tz(since))
+            .bind(customer)
+            .fetch(&self.pool)
+            .map(|row| {
+                row.and_then(|r| history_row(&r))
+                    .doing("reading session_history")
+            })
+            .boxed()
     }
 
     pub async fn close(&self) {

@@ -11,6 +11,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod download;
+mod export;
 mod faults;
 mod instances;
 mod metrics;

@@ -1,0 +1,234 @@
+//! `session-sync export`: `session_history` rows to stdout, as CSV or JSON lines, for a
+//! spreadsheet or a notebook.
+//!
+//! - Rows are those whose `session_created_at` is at or after `--since` (a date means its
+//!   midnight UTC), of every account or of `--customer`'s, oldest first.
+//! - Timestamps are ISO 8601 in UTC with milliseconds (`2026-11-25T10:00:00.000Z`) on both
+//!   backends; a missing value is an empty CSV field or JSON `null`.
+//! - Rows stream from the database to stdout: memory does not grow with the export. The
+//!   database is opened read-only, beside a running daemon if need be.
+//! - A reader that goes away (`export | head`) ends the export quietly, with exit code 0.
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::config::Config;
+use crate::store::{HistoryRow, Store};
+use crate::timestamp::Timestamp;
+
+/// The output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Comma-separated, with a header line (RFC 4180).
+    Csv,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// `--since`: `YYYY-MM-DD` (midnight UTC) or an RFC 3339 instant.
+pub fn parse_since(raw: &str) -> Result<Timestamp, String> {
+    let parsed = if let Ok(date) = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        date.and_hms_opt(0, 0, 0).map(|t| t.and_utc())
+    } else {
+        chrono::DateTime::parse_from_rfc3339(raw)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    parsed.and_then(Timestamp::from_chrono).ok_or_else(|| {
+        format!(
+            "{raw:?} is neither a date (2026-11-01) nor an RFC 3339 time (2026-11-01T12:00:00Z)"
+        )
+    })
+}
+
+/// One exported row; the field order is the column order.
+#[derive(Serialize)]
+struct Record<'a> {
+    customer_id: i64,
+    sub_account_id: Option<i64>,
+    account_name: Option<&'a str>,
+    source: &'a str,
+    session_created_at: String,
+    expires_at: String,
+    first_seen_at: String,
+    last_seen_at: Option<String>,
+    closed_at: Option<String>,
+    is_open: bool,
+}
+
+impl<'a> From<&'a HistoryRow> for Record<'a> {
+    fn from(r: &'a HistoryRow) -> Self {
+        Record {
+            customer_id: r.customer_id,
+            sub_account_id: r.sub_account_id,
+            account_name: r.account_name.as_deref(),
+            source: &r.source,
+            session_created_at: r.session_created_at.to_iso(),
+            expires_at: r.expires_at.to_iso(),
+            first_seen_at: r.first_seen_at.to_iso(),
+            last_seen_at: r.last_seen_at.map(Timestamp::to_iso),
+            closed_at: r.closed_at.map(Timestamp::to_iso),
+            is_open: r.is_open,
+        }
+    }
+}
+
+/// Why an export stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("database {database}: {source}")]
+    Database {
+        database: String,
+        source: crate::store::StoreError,
+    },
+    #[error("writing to stdout: {0}")]
+    Output(std::io::Error),
+}
+
+/// Writes the rows to `out`; returns how many were written (0 when the reader went away).
+pub async fn export(
+    config: &Config,
+    since: Timestamp,
+    customer: Option<i64>,
+    format: Format,
+    out: impl AsyncWrite + Unpin,
+) -> Result<u64, ExportError> {
+    let database = |source| ExportError::Database {
+        database: config.database_url.to_string(),
+        source,
+    };
+    let store = Store::connect_reader(&config.database_url)
+        .await
+        .map_err(database)?;
+    let result = write_rows(&store, since, customer, format, out).await;
+    store.close().await;
+    match result {
+        Err(WriteError::Database(e)) => Err(database(e)),
+        Err(WriteError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(WriteError::Output(e)) => Err(ExportError::Output(e)),
+        Ok(n) => Ok(n),
+    }
+}
+
+enum WriteError {
+    Database(crate::store::StoreError),
+    Output(std::io::Error),
+}
+
+async fn write_rows(
+    store: &Store,
+    since: Timestamp,
+    customer: Option<i64>,
+    format: Format,
+    out: impl AsyncWrite + Unpin,
+) -> Result<u64, WriteError> {
+    let mut rows = store.export_history(since, customer);
+    let mut written = 0;
+    match format {
+        Format::Csv => {
+            let mut csv = csv_writer(out);
+            // The header goes out even when no row matches.
+            csv.serialize(CSV_HEADER).await.map_err(csv_error)?;
+            while let Some(row) = rows.next().await {
+                let row = row.map_err(WriteError::Database)?;
+                csv.serialize(Record::from(&row)).await.map_err(csv_error)?;
+                written += 1;
+            }
+            csv.flush().await.map_err(WriteError::Output)?;
+        }
+        Format::Jsonl => {
+            let mut out = tokio::io::BufWriter::new(out);
+            let mut line = Vec::new();
+            while let Some(row) = rows.next().await {
+                let row = row.map_err(WriteError::Database)?;
+                line.clear();
+                serde_json::to_writer(&mut line, &Record::from(&row))
+                    .map_err(|e| WriteError::Output(e.into()))?;
+                line.push(b'\n');
+                out.write_all(&line).await.map_err(WriteError::Output)?;
+                written += 1;
+            }
+            out.flush().await.map_err(WriteError::Output)?;
+        }
+    }
+    Ok(written)
+}
+
+const CSV_HEADER: [&str; 10] = [
+    "customer_id",
+    "sub_account_id",
+    "account_name",
+    "source",
+    "session_created_at",
+    "expires_at",
+    "first_seen_at",
+    "last_seen_at",
+    "closed_at",
+    "is_open",
+];
+
+fn csv_writer<W: AsyncWrite + Unpin>(out: W) -> csv_async::AsyncSerializer<W> {
+    // The header is written explicitly, so an empty export still has one.
+    csv_async::AsyncWriterBuilder::new()
+        .has_headers(false)
+        .create_serializer(out)
+}
+
+fn csv_error(e: csv_async::Error) -> WriteError {
+    match e.into_kind() {
+        csv_async::ErrorKind::Io(e) => WriteError::Output(e),
+        other => WriteError::Output(std::io::Error::other(format!("{other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_date_as_its_utc_midnight_or_an_instant() {
+        assert_eq!(
+            parse_since("2026-11-01").unwrap().to_iso(),
+            "2026-11-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            parse_since("2026-11-01T12:30:00-03:00").unwrap().to_iso(),
+            "2026-11-01T15:30:00.000Z"
+        );
+        assert!(parse_since("01/11/2026")
+            .unwrap_err()
+            .contains("01/11/2026"));
+        assert!(parse_since("2026-13-01").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_csv_header_names_every_field_in_order() {
+        let row = HistoryRow {
+            customer_id: 42,
+            sub_account_id: None,
+            account_name: Some("a,b".into()),
+            source: "5519900000001".into(),
+            session_created_at: parse_since("2026-11-01").unwrap(),
+            expires_at: parse_since("2026-11-02").unwrap(),
+            first_seen_at: parse_since("2026-11-01T00:05:00Z").unwrap(),
+            last_seen_at: None,
+            closed_at: None,
+            is_open: true,
+        };
+        let mut out = Vec::new();
+        {
+            let mut csv = csv_writer(&mut out);
+            csv.serialize(CSV_HEADER).await.unwrap();
+            csv.serialize(Record::from(&row)).await.unwrap();
+            csv.flush().await.unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "customer_id,sub_account_id,account_name,source,session_created_at,expires_at,\
+             first_seen_at,last_seen_at,closed_at,is_open\n\
+             42,,\"a,b\",5519900000001,2026-11-01T00:00:00.000Z,2026-11-02T00:00:00.000Z,\
+             2026-11-01T00:05:00.000Z,,,true\n"
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! `session-sync export`: session_history on stdout, as CSV or JSON lines.
+
+use crate::cli::{binary, setup, Setup};
+use crate::helpers::{sessions, Backend};
+use crate::on_both_backends;
+
+const A: &str = "2026-11-20T10:00:00.000Z";
+const B: &str = "2026-11-21T10:00:00.000Z";
+const C: &str = "2026-11-22T10:00:00.000Z";
+
+async fn export(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = binary()
+        .arg("export")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn export_streams_session_history_since_a_date_as_csv_or_jsonl(backend: Backend) {
+    let Setup {
+        vendor,
+        db,
+        dir: _dir,
+        config,
+    } = setup(
+        backend,
+        "[[accounts]]\ncustomer_id = 42\nname = \"acme, br\"\n\
+         [[accounts]]\ncustomer_id = 43\nsub_account_id = 7\n",
+    )
+    .await;
+    vendor.set_sessions(
+        (42, None),
+        &sessions(&[("5519900000001", A), ("5519900000002", B)]),
+    );
+    vendor.set_sessions((43, Some(7)), &sessions(&[("5519900000003", C)]));
+    let sync = |config: std::path::PathBuf| async move {
+        let out = binary()
+            .arg("sync")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    sync(config.clone()).await;
+    // 42's first session ends.
+    vendor.set_sessions((42, None), &sessions(&[("5519900000002", B)]));
+    sync(config.clone()).await;
+    let second_run = db
+        .rows(&format!(
+            "SELECT {} FROM sync_runs r JOIN accounts a ON a.id = r.account_id \
+             WHERE a.customer_id = 42 ORDER BY r.id DESC LIMIT 1",
+            db.ts("r.started_at")
+        ))
+        .await[0][0]
+        .clone()
+        .unwrap();
+    let first_seen = db
+        .sessions()
+        .await
+        .iter()
+        .find(|s| s.source == "5519900000002")
+        .unwrap()
+        .first_seen_at
+        .clone();
+
+    let c_first_seen = db
+        .sessions()
+        .await
+        .iter()
+        .find(|s| s.source == "5519900000003")
+        .unwrap()
+        .first_seen_at
+        .clone();
+    let c_last_run = db
+        .rows(&format!(
+            "SELECT max({}) FROM sync_runs r JOIN accounts a ON a.id = r.account_id \
+             WHERE a.customer_id = 43",
+            db.ts("r.started_at")
+        ))
+        .await[0][0]
+        .clone()
+        .unwrap();
+
+    // CSV, every account, from the 21st: B and C, oldest first; A was created before.
+    let (code, csv, err) = export(&config, &["--since", "2026-11-21"]).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "customer_id,sub_account_id,account_name,source,session_created_at,expires_at,first_seen_at,last_seen_at,closed_at,is_open".to_owned(),
+            format!("42,,\"acme, br\",5519900000002,{B},2026-11-22T10:00:00.000Z,{first_seen},{second_run},,true"),
+            format!("43,7,,5519900000003,{C},2026-11-23T10:00:00.000Z,{c_first_seen},{c_last_run},,true"),
+        ]
+    );
+
+    // JSON lines, one customer, an instant: the closed session comes with its closing time.
+    let (code, jsonl, err) = export(
+        &config,
+        &[
+            "--since",
+            "2026-11-20T09:00:00Z",
+            "--customer",
+            "42",
+            "--format",
+            "jsonl",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{jsonl}");
+    assert_eq!(rows[0]["source"], "5519900000001");
+    assert_eq!(rows[0]["session_created_at"], A);
+    assert_eq!(rows[0]["closed_at"], second_run.as_str());
+    assert_eq!(rows[0]["is_open"], false);
+    assert_eq!(rows[0]["sub_account_id"], serde_json::Value::Null);
+    assert_eq!(rows[1]["source"], "5519900000002");
+    assert_eq!(rows[1]["closed_at"], serde_json::Value::Null);
+    assert_eq!(rows[1]["is_open"], true);
+
+    // Nothing that recent: the header alone.
+    let (code, csv, _) = export(&config, &["--since", "2030-01-01"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(csv.lines().count(), 1, "{csv}");
+}
+
+on_both_backends!(export_streams_session_history_since_a_date_as_csv_or_jsonl);
+
+#[tokio::test]
+async fn export_refuses_a_since_that_is_not_a_date_with_exit_2() {
+    let Setup {
+        config,
+        dir: _dir,
+        db: _db,
+        vendor: _vendor,
+    } = setup(Backend::Sqlite, "[[accounts]]\ncustomer_id = 42\n").await;
+    let (code, out, err) = export(&config, &["--since", "last week"]).await;
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert!(err.contains("--since"), "{err}");
+}
