@@ -1,5 +1,7 @@
 //! Step 1, 5 and 6: runs are recorded, and snapshots become history atomically.
 
+use session_sync::store::ApplyCounts;
+
 use crate::helpers::{sessions, Backend, Harness};
 use crate::on_both_backends;
 
@@ -127,13 +129,20 @@ async fn a_closed_session_listed_again_is_reopened_not_duplicated(backend: Backe
     assert_eq!(report.applied.sessions_reopened, 1);
     assert_eq!(report.applied.sessions_new, 1);
     assert_eq!(report.applied.sessions_closed, 0);
+    assert_eq!(report.applied.sessions_open, 3);
     let rows = h.db.sessions().await;
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r.closed_at.is_none()));
     assert_eq!(rows[0].first_seen_at, h.db.runs().await[0].started_at);
     // Listing the same again re-opens nothing more.
     let report = h.sync(0).await.unwrap();
-    assert_eq!(report.applied, Default::default());
+    assert_eq!(
+        report.applied,
+        ApplyCounts {
+            sessions_open: 3,
+            ..Default::default()
+        }
+    );
 }
 
 async fn a_failed_run_leaves_closing_to_the_next_successful_run(backend: Backend) {
@@ -204,7 +213,13 @@ async fn duplicate_lines_count_once(backend: Backend) {
     assert_eq!(h.db.sessions().await.len(), 1);
     // Syncing the same snapshot again changes nothing.
     let report = h.sync(0).await.unwrap();
-    assert_eq!(report.applied, Default::default());
+    assert_eq!(
+        report.applied,
+        ApplyCounts {
+            sessions_open: 1,
+            ..Default::default()
+        }
+    );
 }
 
 async fn a_header_only_file_closes_every_open_session(backend: Backend) {
@@ -219,6 +234,7 @@ async fn a_header_only_file_closes_every_open_session(backend: Backend) {
     let report = h.sync(0).await.unwrap();
     assert_eq!(report.read.rows_read, 0);
     assert_eq!(report.applied.sessions_closed, 2);
+    assert_eq!(report.applied.sessions_open, 0);
     assert!(h.db.sessions().await.iter().all(|s| s.closed_at.is_some()));
 }
 

@@ -64,6 +64,64 @@ pub(crate) async fn setup(backend: Backend, extra: &str) -> Setup {
     }
 }
 
+/// Runs `session-sync <args> --config <config>` to completion.
+pub(crate) async fn run_with_config(config: &std::path::Path, args: &[&str]) -> Output {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        binary().args(args).arg("--config").arg(config).output(),
+    )
+    .await
+    .expect("the binary finished within a minute")
+    .unwrap()
+}
+
+/// Starts the daemon (`run`, JSON logs at info) and returns it with the first log event
+/// whose message is `message`. The daemon's stderr keeps being drained afterwards.
+pub(crate) async fn start_daemon_until(
+    config: &std::path::Path,
+    message: &str,
+) -> (tokio::process::Child, serde_json::Value) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = binary()
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let event = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if event["message"] == message {
+                return event;
+            }
+        }
+        panic!("the daemon ended before logging {message:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {message:?} within 30 s"));
+    // A full pipe would block the daemon.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, event)
+}
+
+/// SIGTERM, then the daemon must exit 0 within 40 s.
+pub(crate) async fn stop_daemon(child: tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
+        .await
+        .expect("stopped within 40 s of SIGTERM")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+}
+
 fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("session-sync.toml");
     std::fs::write(&path, text).unwrap();

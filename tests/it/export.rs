@@ -1,6 +1,6 @@
 //! `session-sync export`: session_history on stdout, as CSV or JSON lines.
 
-use crate::cli::{binary, setup, Setup};
+use crate::cli::{run_with_config, setup, Setup};
 use crate::helpers::{sessions, Backend};
 use crate::on_both_backends;
 
@@ -9,14 +9,7 @@ const B: &str = "2026-11-21T10:00:00.000Z";
 const C: &str = "2026-11-22T10:00:00.000Z";
 
 async fn export(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = binary()
-        .arg("export")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .await
-        .unwrap();
+    let out = run_with_config(config, &[&["export"], args].concat()).await;
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),
@@ -41,20 +34,12 @@ async fn export_streams_session_history_since_a_date_as_csv_or_jsonl(backend: Ba
         &sessions(&[("5519900000001", A), ("5519900000002", B)]),
     );
     vendor.set_sessions((43, Some(7)), &sessions(&[("5519900000003", C)]));
-    let sync = |config: std::path::PathBuf| async move {
-        let out = binary()
-            .arg("sync")
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .await
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    };
-    sync(config.clone()).await;
+    let synced = run_with_config(&config, &["sync"]).await;
+    assert!(synced.status.success(), "{synced:?}");
     // 42's first session ends.
     vendor.set_sessions((42, None), &sessions(&[("5519900000002", B)]));
-    sync(config.clone()).await;
+    let synced = run_with_config(&config, &["sync"]).await;
+    assert!(synced.status.success(), "{synced:?}");
     let second_run = db
         .rows(&format!(
             "SELECT {} FROM sync_runs r JOIN accounts a ON a.id = r.account_id \

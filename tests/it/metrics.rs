@@ -3,10 +3,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use session_sync::simulator::ApiFault;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
-use crate::cli::{binary, setup, Setup};
+use crate::cli::{run_with_config, setup, start_daemon_until, stop_daemon, Setup};
 use crate::helpers::{sessions, Backend};
 use crate::on_both_backends;
 
@@ -14,34 +13,11 @@ const T1: &str = "2026-11-25T08:00:00.000Z";
 const T2: &str = "2026-11-25T09:00:00.000Z";
 const NEVER: &str = "0 0 0 1 1 *";
 
-/// Starts `run` (JSON logs) and returns it with the address its metrics endpoint bound.
+/// Starts the daemon; returns it with the address its metrics endpoint bound (port 0 in
+/// the config: the kernel picks one).
 async fn start_daemon(config: &std::path::Path) -> (Child, String) {
-    let mut child = binary()
-        .arg("--log-format")
-        .arg("json")
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listen = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if event["message"] == "serving metrics at /metrics" {
-                return event["listen"].as_str().unwrap().to_owned();
-            }
-        }
-        panic!("the daemon ended without serving metrics");
-    })
-    .await
-    .expect("metrics served within 30 s");
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, listen)
+    let (child, event) = start_daemon_until(config, "serving metrics at /metrics").await;
+    (child, event["listen"].as_str().unwrap().to_owned())
 }
 
 async fn scrape(listen: &str) -> String {
@@ -75,20 +51,6 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-async fn stop(child: Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let output = tokio::time::timeout(Duration::from_secs(40), child.wait_with_output())
-        .await
-        .expect("stopped within 40 s")
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0));
-}
-
 async fn gauges_start_from_the_database_after_a_restart(backend: Backend) {
     let Setup {
         vendor,
@@ -108,12 +70,7 @@ async fn gauges_start_from_the_database_after_a_restart(backend: Backend) {
         &sessions(&[("5519900000001", T1), ("5519900000002", T2)]),
     );
     vendor.set_sessions((43, None), &sessions(&[("5519900000003", T1)]));
-    let synced = binary()
-        .args(["sync", "--customer", "42", "--config"])
-        .arg(&config)
-        .output()
-        .await
-        .unwrap();
+    let synced = run_with_config(&config, &["sync", "--customer", "42"]).await;
     assert!(synced.status.success(), "{synced:?}");
     let finished = db
         .rows(&format!("SELECT {} FROM sync_runs", db.ts("finished_at")))
@@ -127,7 +84,7 @@ async fn gauges_start_from_the_database_after_a_restart(backend: Backend) {
 
     let (child, listen) = start_daemon(&config).await;
     let text = scrape(&listen).await;
-    stop(child).await;
+    stop_daemon(child).await;
 
     assert_eq!(
         sample(
@@ -208,7 +165,7 @@ async fn runs_rows_sessions_and_http_are_counted_per_account(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    stop(child).await;
+    stop_daemon(child).await;
 
     let ok = r#"customer_id="42",sub_account_id="""#;
     assert!(

@@ -1,12 +1,9 @@
 //! `session-sync status`: the table operators read and the exit code health checks use.
 
-use std::time::Duration;
-
 use chrono::{SecondsFormat, Utc};
 use session_sync::simulator::ApiFault;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::cli::{binary, setup, Setup};
+use crate::cli::{run_with_config, setup, start_daemon_until, Setup};
 use crate::helpers::{sessions, Backend};
 use crate::on_both_backends;
 
@@ -14,19 +11,11 @@ fn hours_ago(h: i64) -> String {
     (Utc::now() - chrono::Duration::hours(h)).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-async fn status(config: &std::path::Path) -> (i32, String, String) {
-    let out = binary()
-        .arg("status")
-        .arg("--config")
-        .arg(config)
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+async fn status(config: &std::path::Path) -> (i32, String) {
+    let out = run_with_config(config, &["status"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
 }
 
 /// The row of `label` in the table, split on runs of two or more spaces.
@@ -64,16 +53,11 @@ async fn status_shows_each_account_and_exits_1_while_one_last_failed(backend: Ba
     vendor.set_sessions((43, None), &sessions(&[("5519900000003", &hours_ago(2))]));
     vendor.push_api_fault((43, None), ApiFault::Answer("not json".into()));
     for customer in ["42", "43"] {
-        let _ = binary()
-            .args(["sync", "--customer", customer, "--config"])
-            .arg(&config)
-            .output()
-            .await
-            .unwrap();
+        run_with_config(&config, &["sync", "--customer", customer]).await;
     }
 
-    let (code, table, err) = status(&config).await;
-    assert_eq!(code, 1, "43's last run failed: {table}{err}");
+    let (code, table) = status(&config).await;
+    assert_eq!(code, 1, "43's last run failed: {table}");
     let header = row(&table, "ACCOUNT");
     assert_eq!(
         header,
@@ -105,14 +89,9 @@ async fn status_shows_each_account_and_exits_1_while_one_last_failed(backend: Ba
     assert_eq!(&never[1..], ["never", "-", "never", "0", "0"], "{table}");
 
     // 43 recovers: every account's latest run is fine again.
-    let synced = binary()
-        .args(["sync", "--customer", "43", "--config"])
-        .arg(&config)
-        .output()
-        .await
-        .unwrap();
+    let synced = run_with_config(&config, &["sync", "--customer", "43"]).await;
     assert!(synced.status.success());
-    let (code, table, _) = status(&config).await;
+    let (code, table) = status(&config).await;
     assert_eq!(code, 0, "{table}");
     let recovered = row(&table, "customer 43");
     assert_eq!(recovered[2], "succeeded", "{table}");
@@ -136,31 +115,12 @@ async fn status_reads_a_sqlite_file_while_the_daemon_holds_it() {
     )
     .await;
     vendor.set_sessions((42, None), &sessions(&[("5519900000001", &hours_ago(1))]));
-    let mut child = binary()
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("run finished") {
-                return;
-            }
-        }
-        panic!("the daemon ended before a run finished");
-    })
-    .await
-    .expect("a run within 30 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (mut child, _) = start_daemon_until(&config, "run finished").await;
 
-    let (code, table, err) = status(&config).await;
+    let (code, table) = status(&config).await;
     assert!(child.try_wait().unwrap().is_none(), "the daemon still runs");
     child.kill().await.unwrap();
-    assert_eq!(code, 0, "{table}{err}");
+    assert_eq!(code, 0, "{table}");
     assert_eq!(row(&table, "customer 42")[2], "succeeded");
 }
 
