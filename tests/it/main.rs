@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod analysts;
 mod apply;
 mod cli;
 mod crash;
