@@ -103,7 +103,17 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
 fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
-    let config = Config::load(&arg.config, &ProcessEnv).map_err(|e| {
+    report_load(Config::load(&arg.config, &ProcessEnv))
+}
+
+/// For the commands that only use the database (`migrate`, `status`, `export`): the vendor's
+/// token is not needed, so they also run on hosts that do not have it.
+fn load_database_only(arg: &ConfigArg) -> Result<Config, ExitCode> {
+    report_load(Config::load_database_only(&arg.config, &ProcessEnv))
+}
+
+fn report_load(loaded: Result<Config, crate::config::ConfigError>) -> Result<Config, ExitCode> {
+    let config = loaded.map_err(|e| {
         eprintln!("error: invalid configuration: {e}");
         ExitCode::from(EXIT_CONFIG)
     })?;
@@ -129,7 +139,7 @@ pub async fn execute(command: Command) -> ExitCode {
             Err(code) => code,
         },
         Command::Migrate(arg) => {
-            let config = match load(&arg) {
+            let config = match load_database_only(&arg) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -144,7 +154,7 @@ pub async fn execute(command: Command) -> ExitCode {
         }
         Command::Sync(args) => sync_once(args).await,
         Command::Export(args) => {
-            let config = match load(&args.config) {
+            let config = match load_database_only(&args.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -162,7 +172,7 @@ pub async fn execute(command: Command) -> ExitCode {
             }
         }
         Command::Status(arg) => {
-            let config = match load(&arg) {
+            let config = match load_database_only(&arg) {
                 Ok(c) => c,
                 Err(code) => return code,
             };

@@ -330,12 +330,23 @@ impl Env for ProcessEnv {
 impl Config {
     /// Reads, parses and validates the file at `path`, applying environment overrides.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        Self::load_with(path, env, CredentialNeed::Required)
+    }
+
+    /// Like [`Config::load`], for the commands that only read the database (`status`,
+    /// `export`, `migrate`): the vendor's credentials are neither required nor read, so these
+    /// work on a host without the token. The accounts' [`Credentials`] are then empty.
+    pub fn load_database_only(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        Self::load_with(path, env, CredentialNeed::Skipped)
+    }
+
+    fn load_with(path: &Path, env: &dyn Env, needs: CredentialNeed) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
-        let mut config = Self::from_toml(&text, base_dir, env).map_err(|e| match e {
+        let mut config = Self::parse(&text, base_dir, env, needs).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
@@ -354,6 +365,15 @@ impl Config {
     /// Parses and validates TOML text; relative token files are resolved against
     /// `$CREDENTIALS_DIRECTORY` when set (systemd's `LoadCredential=`), else `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        Self::parse(text, base_dir, env, CredentialNeed::Required)
+    }
+
+    fn parse(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Env,
+        needs: CredentialNeed,
+    ) -> Result<Config, ConfigError> {
         // toml's own Display quotes the offending line, which may hold a token: keep only
         // its message (which names the key) and the position.
         let file: FileConfig = toml::from_str(text).map_err(|e| {
@@ -368,7 +388,7 @@ impl Config {
                 message: format!("{}{}", position.unwrap_or_default(), e.message()),
             }
         })?;
-        resolve(file, base_dir, env)
+        resolve(file, base_dir, env, needs)
     }
 
     /// The resolved settings, secrets redacted, as `check-config` prints them.
@@ -535,7 +555,19 @@ fn resolve_token(
     }
 }
 
-fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+/// Whether a command needs the vendor's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CredentialNeed {
+    Required,
+    Skipped,
+}
+
+fn resolve(
+    file: FileConfig,
+    base_dir: &Path,
+    env: &dyn Env,
+    needs: CredentialNeed,
+) -> Result<Config, ConfigError> {
     let mut warnings = Vec::new();
     let token_inline = file.api.token.is_some() || file.accounts.iter().any(|a| a.token.is_some());
     let database_url = DatabaseUrl::parse(
@@ -579,6 +611,7 @@ fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, C
     }
     let default_username = env.var(ENV_USERNAME).or(api.username);
     let default_token = match env.var(ENV_TOKEN) {
+        _ if needs == CredentialNeed::Skipped => None,
         Some(t) => Some(SecretString::from(t)),
         None => resolve_token(
             "api.",
@@ -655,6 +688,19 @@ fn resolve(file: FileConfig, base_dir: &Path, env: &dyn Env) -> Result<Config, C
                 format!("{prefix}customer_id"),
                 "the same customer_id / sub_account_id pair is configured twice",
             ));
+        }
+        if needs == CredentialNeed::Skipped {
+            accounts.push(AccountConfig {
+                customer_id: a.customer_id,
+                sub_account_id: a.sub_account_id,
+                name: a.name,
+                credentials: Credentials {
+                    username: String::new(),
+                    token: SecretString::from(String::new()),
+                },
+                cron: a.cron.unwrap_or_else(|| cron.clone()),
+            });
+            continue;
         }
         let username = a
             .username

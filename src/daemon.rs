@@ -27,7 +27,7 @@ use crate::sync::{sync_account, Account, SyncContext};
 use crate::timestamp::Timestamp;
 
 /// Runs the schedule until `shutdown` completes, then drains. Returns an error only when the
-/// scheduler itself cannot be set up.
+/// metrics endpoint cannot be bound or the scheduler cannot be set up.
 pub async fn run(
     config: &Config,
     ctx: SyncContext,
@@ -35,6 +35,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let stop_metrics = CancellationToken::new();
+    // An early return below (the scheduler failing to start) stops the endpoint too.
+    let _metrics_guard = stop_metrics.clone().drop_guard();
     let metrics_server = match config.metrics.listen {
         Some(listen) => {
             seed_metrics(&ctx, &accounts).await;

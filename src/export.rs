@@ -8,6 +8,10 @@
 //! - Rows stream from the database to stdout: memory does not grow with the export. The
 //!   database is opened read-only, beside a running daemon if need be.
 //! - A reader that goes away (`export | head`) ends the export quietly, with exit code 0.
+//! - On SQLite the export reads one consistent snapshot; while it runs (a pager left open on
+//!   it, say) the daemon's writes pile up in the WAL file, which is checkpointed after.
+//! - `last_seen_at` comes from the `session_history` view, a look-up per row: exporting
+//!   millions of rows takes a while (the analysts' cookbook avoids it for that reason).
 
 use futures_util::StreamExt;
 use serde::Serialize;

@@ -5,7 +5,7 @@
 //! | `session_sync_runs_total` | counter | `customer_id`, `sub_account_id`, `result` (`succeeded`, `failed`, `abandoned`, `skipped`) |
 //! | `session_sync_run_duration_seconds` | histogram | `customer_id`, `sub_account_id` |
 //! | `session_sync_http_request_duration_seconds` | histogram | `request` (`session_link`, `download`): one attempt, until the response headers |
-//! | `session_sync_http_requests_total` | counter | `request`, `outcome` (`2xx`, `3xx`, `4xx`, `5xx`, `error`) |
+//! | `session_sync_http_requests_total` | counter | `request`, `outcome` (`2xx`, `3xx`, `4xx`, `5xx`, `other`, `error`) |
 //! | `session_sync_rows_read_total` | counter | `customer_id`, `sub_account_id` |
 //! | `session_sync_rows_rejected_total` | counter | `customer_id`, `sub_account_id` |
 //! | `session_sync_sessions_opened_total` | counter | `customer_id`, `sub_account_id` (new sessions) |
@@ -314,7 +314,8 @@ impl Metrics {
             Some(200..=299) => "2xx",
             Some(300..=399) => "3xx",
             Some(400..=499) => "4xx",
-            Some(_) => "5xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "other",
             None => "error",
         };
         m.http_requests

@@ -30,7 +30,11 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 
 /// Like [`open_store`], but while the database cannot be reached at all (PostgreSQL still
 /// starting, a network outage), retries with a doubling wait (1 s to 60 s), saying so at
-/// WARN, until it can or `stop` completes (then `None`). Anything else fails at once.
+/// WARN and in systemd's status line, until it can or `stop` completes (then `None`, even
+/// mid-attempt: a migration cut short rolls back). Anything else fails at once.
+///
+/// It does not extend systemd's start timeout: after `TimeoutStartSec=` systemd gives up on
+/// this start, so a database that stays down never holds up boot, and `Restart=` tries again.
 pub async fn open_store_patiently(
     config: &Config,
     stop: impl std::future::Future<Output = ()>,
@@ -38,14 +42,18 @@ pub async fn open_store_patiently(
     tokio::pin!(stop);
     let mut wait = std::time::Duration::from_secs(1);
     loop {
-        match open_store(config).await {
+        let attempt = tokio::select! {
+            attempt = open_store(config) => attempt,
+            () = &mut stop => return Ok(None),
+        };
+        match attempt {
             Ok(store) => return Ok(Some(store)),
             Err(e)
                 if e.downcast_ref::<StoreError>()
                     .is_some_and(StoreError::is_unreachable) =>
             {
                 tracing::warn!(error = %format!("{e:#}"), retry_in_secs = wait.as_secs(), "database unreachable; retrying");
-                crate::systemd::waiting_for_database(wait);
+                crate::systemd::waiting_for_database();
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = &mut stop => return Ok(None),

@@ -79,7 +79,7 @@ fn render(rows: &[(String, Option<&AccountStatus>)], now: Timestamp) -> String {
                 label.clone(),
                 s.last_run
                     .as_ref()
-                    .map_or_else(never, |r| when(r.started_at, now)),
+                    .map_or_else(never, |r| when(r.finished_at, now)),
                 s.last_run
                     .as_ref()
                     .map_or_else(|| "-".into(), |r| r.status.clone()),

@@ -2,15 +2,15 @@
 //!
 //! - `READY=1` once the database is migrated, the accounts are registered and the scheduler
 //!   is running ([`ready`]); until then `systemctl start` waits.
-//! - `STATUS=...` while waiting for an unreachable database, with `EXTEND_TIMEOUT_USEC` so the
-//!   wait is not mistaken for a hung start-up ([`waiting_for_database`]).
+//! - `STATUS=...` while waiting for an unreachable database ([`waiting_for_database`]). The
+//!   start timeout is deliberately not extended: see `startup::open_store_patiently`.
 //! - `STOPPING=1` as soon as SIGTERM/SIGINT arrives ([`stopping`]).
 //! - `WATCHDOG=1` from a job of the scheduler itself ([`watchdog_period`]): the pings stop
 //!   when the scheduler stops firing jobs, and systemd restarts the service after
 //!   `WatchdogSec`. A separate timer would keep pinging while the scheduler was stuck.
 //!
 //! Without `NOTIFY_SOCKET` (not under systemd, or `Type=exec`) every call does nothing. A
-//! failure to notify is logged at debug level and never stops the service.
+//! failure to notify is logged as a warning and never stops the service.
 
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use sd_notify::NotifyState;
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
-        tracing::debug!(error = %e, "could not notify the service manager");
+        // Without READY systemd would time the start out; say why in the journal.
+        tracing::warn!(error = %e, "could not notify the service manager");
     }
 }
 
@@ -28,13 +29,9 @@ pub fn ready(accounts: usize) {
     send(&[NotifyState::Ready, NotifyState::Status(&status)]);
 }
 
-/// The database cannot be reached yet; start-up goes on for `wait` more (plus a margin).
-pub fn waiting_for_database(wait: Duration) {
-    let extend = (wait + Duration::from_secs(30)).as_micros();
-    send(&[
-        NotifyState::Status("waiting for the database"),
-        NotifyState::ExtendTimeoutUsec(u32::try_from(extend).unwrap_or(u32::MAX)),
-    ]);
+/// The database cannot be reached yet; start-up waits for it.
+pub fn waiting_for_database() {
+    send(&[NotifyState::Status("waiting for the database")]);
 }
 
 /// Shutting down: no new runs start, running ones get the grace period.

@@ -390,7 +390,8 @@ pub struct HistoryRow {
 /// A run that ended, with its outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinishedRun {
-    pub started_at: Timestamp,
+    /// When it ended (its start, for a run a crash left without an end).
+    pub finished_at: Timestamp,
     /// `succeeded`, `failed` or `abandoned`.
     pub status: String,
     pub error: Option<String>,

@@ -20,6 +20,8 @@ use crate::config::AccountConfig;
 use crate::snapshot::{Rejection, SessionKey};
 use crate::timestamp::Timestamp;
 
+/// How long connecting to the server may take before it counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of COPY data sent per round trip.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
 /// COPY's binary format: signature, flags, header extension length.
@@ -27,13 +29,13 @@ const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// PostgreSQL's binary timestamps count microseconds from 2000-01-01T00:00:00Z.
 const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
-/// `export`: the view's rows, oldest first; the sort follows the timestamp index.
+/// `export`: the view's rows, oldest first (accounts without a sub-account before those with).
 const EXPORT_SQL: &str = "\
     SELECT customer_id, sub_account_id, account_name, source, session_created_at, expires_at, \
         first_seen_at, last_seen_at, closed_at, is_open \
     FROM session_history \
     WHERE session_created_at >= $1 AND ($2::bigint IS NULL OR customer_id = $2) \
-    ORDER BY session_created_at, customer_id, sub_account_id, source";
+    ORDER BY session_created_at, customer_id, sub_account_id IS NOT NULL, sub_account_id, source";
 
 fn ts_req(row: &sqlx::postgres::PgRow, i: usize) -> Result<Timestamp, sqlx::Error> {
     let t: chrono::DateTime<chrono::Utc> = row.try_get(i)?;
@@ -61,7 +63,7 @@ fn history_row(r: &sqlx::postgres::PgRow) -> Result<HistoryRow, sqlx::Error> {
 /// Each account's latest finished run, last success and session counts.
 const ACCOUNT_STATUS_SQL: &str = "\
     SELECT a.customer_id, a.sub_account_id, a.name, \
-        last_run.started_at, last_run.status, last_run.error, \
+        coalesce(last_run.finished_at, last_run.started_at), last_run.status, last_run.error, \
         (SELECT r.finished_at FROM sync_runs r \
          WHERE r.account_id = a.id AND r.status = 'succeeded' \
          ORDER BY r.started_at DESC LIMIT 1), \
@@ -97,9 +99,17 @@ impl PostgresStore {
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         // One direct connection first: the pool would keep retrying for its whole acquire
         // timeout before saying that the server cannot be reached at all.
-        let probe = sqlx::PgConnection::connect_with(&options)
-            .await
-            .doing(super::CONNECTING)?;
+        // sqlx sets no connect timeout: a host that drops packets would hold this for minutes.
+        let probe =
+            tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&options))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(sqlx::Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                    )))
+                })
+                .doing(super::CONNECTING)?;
         let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
@@ -256,8 +266,8 @@ impl PostgresStore {
                 customer_id: r.get(0),
                 sub_account_id: r.get(1),
                 name: r.get(2),
-                last_run: ts_at(r, 3).map(|started_at| FinishedRun {
-                    started_at,
+                last_run: ts_at(r, 3).map(|finished_at| FinishedRun {
+                    finished_at,
                     status: r.get(4),
                     error: r.get(5),
                 }),

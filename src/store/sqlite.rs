@@ -25,13 +25,13 @@ use crate::config::AccountConfig;
 use crate::snapshot::{PhoneNumber, Rejection, SessionKey};
 use crate::timestamp::Timestamp;
 
-/// `export`: the view's rows, oldest first; the sort follows the timestamp index.
+/// `export`: the view's rows, oldest first (accounts without a sub-account before those with).
 const EXPORT_SQL: &str = "\
     SELECT customer_id, sub_account_id, account_name, source, session_created_at, expires_at, \
         first_seen_at, last_seen_at, closed_at, is_open \
     FROM session_history \
     WHERE session_created_at >= ?1 AND (?2 IS NULL OR customer_id = ?2) \
-    ORDER BY session_created_at, customer_id, sub_account_id, source";
+    ORDER BY session_created_at, customer_id, sub_account_id IS NOT NULL, sub_account_id, source";
 
 fn ts_req(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Timestamp, sqlx::Error> {
     let text: String = row.try_get(i)?;
@@ -59,7 +59,7 @@ fn history_row(r: &sqlx::sqlite::SqliteRow) -> Result<HistoryRow, sqlx::Error> {
 /// Each account's latest finished run, last success and session counts.
 const ACCOUNT_STATUS_SQL: &str = "\
     SELECT a.customer_id, a.sub_account_id, a.name, \
-        last_run.started_at, last_run.status, last_run.error, \
+        coalesce(last_run.finished_at, last_run.started_at), last_run.status, last_run.error, \
         (SELECT r.finished_at FROM sync_runs r \
          WHERE r.account_id = a.id AND r.status = 'succeeded' \
          ORDER BY r.started_at DESC LIMIT 1), \
@@ -321,8 +321,8 @@ impl SqliteStore {
                 customer_id: r.get(0),
                 sub_account_id: r.get(1),
                 name: r.get(2),
-                last_run: ts_at(r, 3).map(|started_at| FinishedRun {
-                    started_at,
+                last_run: ts_at(r, 3).map(|finished_at| FinishedRun {
+                    finished_at,
                     status: r.get(4),
                     error: r.get(5),
                 }),

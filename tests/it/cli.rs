@@ -20,6 +20,10 @@ pub(crate) fn binary() -> Command {
         "SESSION_SYNC_USERNAME",
         "SESSION_SYNC_TOKEN",
         "CREDENTIALS_DIRECTORY",
+        // A test run under systemd must not notify the runner's service manager.
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
     ] {
         cmd.env_remove(var);
     }
@@ -184,7 +188,10 @@ async fn an_invalid_config_exits_2_naming_the_key_before_any_network_call() {
     ];
     for (text, key) in cases {
         let path = write_config(&dir, &text);
-        for command in ["check-config", "sync", "run", "migrate"] {
+        for command in ["check-config", "sync", "run", "migrate", "status"] {
+            if key == "api.token_file" && ["migrate", "status"].contains(&command) {
+                continue; // they never read the token (next test)
+            }
             let (code, _, err) = run(binary().arg(command).arg("--config").arg(&path)).await;
             assert_eq!(code, 2, "{command} with a bad {key}: {err}");
             assert!(err.contains(key), "{command}: {err}");
@@ -195,6 +202,40 @@ async fn an_invalid_config_exits_2_naming_the_key_before_any_network_call() {
         !db.url.is_empty()
             && !std::path::Path::new(db.url.trim_start_matches("sqlite://")).exists()
     );
+}
+
+async fn database_commands_run_without_the_vendor_token(backend: Backend) {
+    let Setup {
+        vendor,
+        db: _db,
+        dir,
+        config,
+    } = setup(backend, "[[accounts]]\ncustomer_id = 42\n").await;
+    // The same file, on a host that has the database but not the token.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("token = \"{TOKEN}\""),
+        "token_file = \"not-on-this-host\"",
+    );
+    let path = dir.path().join("reader.toml");
+    std::fs::write(&path, text).unwrap();
+    for args in [
+        &["migrate"][..],
+        &["status"],
+        &["export", "--since", "2026-01-01"],
+    ] {
+        let out = run_with_config(&path, args).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The vendor's commands still need it.
+    let out = run_with_config(&path, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("api.token_file"));
+    assert!(vendor.requests().is_empty());
 }
 
 async fn sync_prints_a_line_per_account_and_exits_1_when_any_failed(backend: Backend) {
@@ -428,5 +469,6 @@ on_both_backends!(
     trace_logs_never_show_the_token_nor_the_link_signature,
     sync_prints_a_line_per_account_and_exits_1_when_any_failed,
     migrate_creates_the_tables,
+    database_commands_run_without_the_vendor_token,
     the_daemon_syncs_on_its_schedule_and_exits_0_on_sigterm,
 );
