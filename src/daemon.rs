@@ -24,7 +24,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::sync::{sync_account, Account, SyncContext};
-use crate::timestamp::Timestamp;
 
 /// Runs the schedule until `shutdown` completes, then drains. Returns an error only when the
 /// metrics endpoint cannot be bound or the scheduler cannot be set up.
@@ -148,9 +147,7 @@ pub async fn run(
 /// Starts the open-sessions and last-success gauges of the configured accounts from the
 /// database, so that a restart does not look like a fresh start to an alert.
 async fn seed_metrics(ctx: &SyncContext, accounts: &[Account]) {
-    let day_ago = Timestamp::from_millis(Timestamp::now().as_millis() - 86_400_000)
-        .unwrap_or_else(Timestamp::now);
-    match ctx.store.account_statuses(day_ago).await {
+    match ctx.store.account_statuses(None).await {
         Ok(mut statuses) => {
             statuses.retain(|s| {
                 accounts.iter().any(|a| {

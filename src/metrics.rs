@@ -34,6 +34,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{AccountStatus, ApplyCounts, ReadCounts};
+use crate::timestamp::Timestamp;
 
 /// Run durations: a small account takes well under a second, a million-row first load tens
 /// of seconds.
@@ -80,6 +81,11 @@ struct RequestOutcomeLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
+}
+
+/// A timestamp gauge's value: Unix time in seconds.
+fn unix_seconds(t: Timestamp) -> f64 {
+    t.as_millis() as f64 / 1000.0
 }
 
 /// The HTTP requests session-sync makes.
@@ -243,7 +249,7 @@ impl Metrics {
                 self.0
                     .last_success
                     .get_or_create(&labels)
-                    .set(at.as_millis() as f64 / 1000.0);
+                    .set(unix_seconds(at));
             }
         }
     }
@@ -295,10 +301,9 @@ impl Metrics {
             m.open_sessions
                 .get_or_create(&labels)
                 .set(i64::try_from(applied.sessions_open).unwrap_or(i64::MAX));
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            m.last_success.get_or_create(&labels).set(now.as_secs_f64());
+            m.last_success
+                .get_or_create(&labels)
+                .set(unix_seconds(Timestamp::now()));
         }
     }
 

@@ -24,7 +24,7 @@ pub async fn report(config: &Config, now: Timestamp) -> anyhow::Result<Report> {
         .await
         .map_err(|e| anyhow::anyhow!("database {}: {e}", config.database_url))?;
     let day_ago = Timestamp::from_millis(now.as_millis() - 86_400_000).unwrap_or(now);
-    let statuses = store.account_statuses(day_ago).await;
+    let statuses = store.account_statuses(Some(day_ago)).await;
     store.close().await;
     let statuses = statuses.map_err(|e| {
         anyhow::anyhow!(
@@ -85,7 +85,7 @@ fn render(rows: &[(String, Option<&AccountStatus>)], now: Timestamp) -> String {
                     .map_or_else(|| "-".into(), |r| r.status.clone()),
                 s.last_success.map_or_else(never, |t| when(t, now)),
                 s.open_sessions.to_string(),
-                s.opened_since.to_string(),
+                s.opened_since.unwrap_or_default().to_string(),
                 s.last_run
                     .as_ref()
                     .and_then(|r| r.error.as_deref())

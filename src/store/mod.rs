@@ -276,10 +276,11 @@ impl Store {
     }
 
     /// Each account's health, as `status` prints it and as the metrics start from:
-    /// `opened_since` bounds the count of recently opened sessions.
+    /// `opened_since` bounds the count of recently opened sessions; `None` skips that count
+    /// (it reads every session of the account on SQLite).
     pub async fn account_statuses(
         &self,
-        opened_since: Timestamp,
+        opened_since: Option<Timestamp>,
     ) -> Result<Vec<AccountStatus>, StoreError> {
         dispatch!(self, s => s.account_statuses(opened_since).await)
     }
@@ -368,8 +369,9 @@ pub struct AccountStatus {
     /// When the latest successful run finished.
     pub last_success: Option<Timestamp>,
     pub open_sessions: i64,
-    /// Sessions whose `session_created_at` is at or after the `opened_since` asked for.
-    pub opened_since: i64,
+    /// Sessions whose `session_created_at` is at or after the `opened_since` asked for
+    /// (`None` when none was).
+    pub opened_since: Option<i64>,
 }
 
 /// One row of the `session_history` view.

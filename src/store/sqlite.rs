@@ -64,8 +64,8 @@ const ACCOUNT_STATUS_SQL: &str = "\
          WHERE r.account_id = a.id AND r.status = 'succeeded' \
          ORDER BY r.started_at DESC LIMIT 1), \
         (SELECT count(*) FROM sessions s WHERE s.account_id = a.id AND s.closed_at IS NULL), \
-        (SELECT count(*) FROM sessions s \
-         WHERE s.account_id = a.id AND s.session_created_at >= ?1) \
+        CASE WHEN ?1 IS NOT NULL THEN (SELECT count(*) FROM sessions s \
+         WHERE s.account_id = a.id AND s.session_created_at >= ?1) END \
     FROM accounts a \
     LEFT JOIN sync_runs last_run ON last_run.id = ( \
         SELECT r.id FROM sync_runs r WHERE r.account_id = a.id AND r.status <> 'running' \
@@ -308,10 +308,10 @@ impl SqliteStore {
 
     pub async fn account_statuses(
         &self,
-        opened_since: Timestamp,
+        opened_since: Option<Timestamp>,
     ) -> Result<Vec<AccountStatus>, StoreError> {
         let rows = sqlx::query(ACCOUNT_STATUS_SQL)
-            .bind(iso(opened_since))
+            .bind(opened_since.map(iso))
             .fetch_all(&self.pool)
             .await
             .doing("reading each account's status")?;

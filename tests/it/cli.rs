@@ -68,15 +68,12 @@ pub(crate) async fn setup(backend: Backend, extra: &str) -> Setup {
     }
 }
 
-/// Runs `session-sync <args> --config <config>` to completion.
-pub(crate) async fn run_with_config(config: &std::path::Path, args: &[&str]) -> Output {
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        binary().args(args).arg("--config").arg(config).output(),
-    )
-    .await
-    .expect("the binary finished within a minute")
-    .unwrap()
+/// Runs `session-sync <args> --config <config>` to completion: (exit code, stdout, stderr).
+pub(crate) async fn run_with_config(
+    config: &std::path::Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    run(binary().args(args).arg("--config").arg(config)).await
 }
 
 /// Starts the daemon (`run`, JSON logs at info) and returns it with the first log event
@@ -223,18 +220,13 @@ async fn database_commands_run_without_the_vendor_token(backend: Backend) {
         &["status"],
         &["export", "--since", "2026-01-01"],
     ] {
-        let out = run_with_config(&path, args).await;
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, _, err) = run_with_config(&path, args).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
     }
     // The vendor's commands still need it.
-    let out = run_with_config(&path, &["sync"]).await;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("api.token_file"));
+    let (code, _, err) = run_with_config(&path, &["sync"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("api.token_file"), "{err}");
     assert!(vendor.requests().is_empty());
 }
 

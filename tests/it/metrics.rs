@@ -70,8 +70,8 @@ async fn gauges_start_from_the_database_after_a_restart(backend: Backend) {
         &sessions(&[("5519900000001", T1), ("5519900000002", T2)]),
     );
     vendor.set_sessions((43, None), &sessions(&[("5519900000003", T1)]));
-    let synced = run_with_config(&config, &["sync", "--customer", "42"]).await;
-    assert!(synced.status.success(), "{synced:?}");
+    let (code, out, err) = run_with_config(&config, &["sync", "--customer", "42"]).await;
+    assert_eq!(code, 0, "{out}{err}");
     let finished = db
         .rows(&format!("SELECT {} FROM sync_runs", db.ts("finished_at")))
         .await[0][0]

@@ -12,10 +12,8 @@ fn hours_ago(h: i64) -> String {
 }
 
 async fn status(config: &std::path::Path) -> (i32, String) {
-    let out = run_with_config(config, &["status"]).await;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+    let (code, out, err) = run_with_config(config, &["status"]).await;
+    (code, format!("{out}{err}"))
 }
 
 /// The row of `label` in the table, split on runs of two or more spaces.
@@ -89,8 +87,8 @@ async fn status_shows_each_account_and_exits_1_while_one_last_failed(backend: Ba
     assert_eq!(&never[1..], ["never", "-", "never", "0", "0"], "{table}");
 
     // 43 recovers: every account's latest run is fine again.
-    let synced = run_with_config(&config, &["sync", "--customer", "43"]).await;
-    assert!(synced.status.success());
+    let (code, out, err) = run_with_config(&config, &["sync", "--customer", "43"]).await;
+    assert_eq!(code, 0, "{out}{err}");
     let (code, table) = status(&config).await;
     assert_eq!(code, 0, "{table}");
     let recovered = row(&table, "customer 43");
