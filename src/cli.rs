@@ -253,8 +253,13 @@ async fn sync_once(args: SyncArgs) -> ExitCode {
             Ok(report) => writeln!(out, "{report}"),
             Err(e) if e.is_skip() => writeln!(out, "{}: skipped: {}", e.account, e.cause),
             Err(e) => {
+                // An abandoned run did not sync either: for a one-shot sync that is a failure.
                 failed = true;
-                writeln!(out, "{}: FAILED: {}: {}", e.account, e.step, e.cause)
+                let ending = match e.ending {
+                    crate::sync::Ending::Abandoned => "ABANDONED",
+                    _ => "FAILED",
+                };
+                writeln!(out, "{}: {ending}: {}: {}", e.account, e.step, e.cause)
             }
         };
     }

@@ -96,6 +96,7 @@ struct FileSync {
     session_window_hours: Option<u32>,
     max_download_bytes: Option<u64>,
     busy_timeout_secs: Option<u64>,
+    claim_lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,6 +184,11 @@ pub struct SyncConfig {
     /// SQLite: how long a write waits for another process's lock on the file before the run
     /// fails; default 60.
     pub busy_timeout: Duration,
+    /// PostgreSQL: how long a run's claim on its account lasts unless renewed (it is renewed
+    /// every third of this while the run goes on). An instance killed mid-run leaves its
+    /// accounts to the others after at most this long; a run paused or cut off from the
+    /// database for this long loses its claim and is abandoned. Default 60.
+    pub claim_lease: Duration,
 }
 
 /// One `[[accounts]]` entry.
@@ -251,7 +257,9 @@ pub enum Backend {
 impl DatabaseUrl {
     pub fn parse(raw: &str) -> Result<Self, ConfigError> {
         let url = DatabaseUrl(SecretString::from(raw.to_owned()));
-        url.backend()?;
+        if url.backend()? == Backend::Postgres {
+            check_tls_settings(raw)?;
+        }
         Ok(url)
     }
 
@@ -273,6 +281,58 @@ impl DatabaseUrl {
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
     }
+}
+
+/// The TLS settings of a PostgreSQL URL, named as libpq names them: a `sslmode` it knows, and
+/// certificate files that can be read. Checked with the rest of the configuration, so that a
+/// typo exits 2 naming the setting instead of surfacing later as a failed connection (a
+/// missing file would even look like an unreachable server).
+fn check_tls_settings(raw: &str) -> Result<(), ConfigError> {
+    let Ok(url) = Url::parse(raw) else {
+        return Ok(()); // the driver says what is wrong with it
+    };
+    let mut client_cert = (false, false);
+    for (key, value) in url.query_pairs() {
+        match &*key {
+            "sslmode" => {
+                const MODES: [&str; 6] = [
+                    "disable",
+                    "allow",
+                    "prefer",
+                    "require",
+                    "verify-ca",
+                    "verify-full",
+                ];
+                if !MODES.contains(&&*value) {
+                    return Err(invalid(
+                        "database_url",
+                        format!("sslmode={value} is not one of {}", MODES.join(", ")),
+                    ));
+                }
+            }
+            "sslrootcert" | "sslcert" | "sslkey" => {
+                if let Err(e) = std::fs::File::open(&*value) {
+                    return Err(invalid(
+                        "database_url",
+                        format!("{key}={value}: cannot read it: {e}"),
+                    ));
+                }
+                match &*key {
+                    "sslcert" => client_cert.0 = true,
+                    "sslkey" => client_cert.1 = true,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    if client_cert.0 != client_cert.1 {
+        return Err(invalid(
+            "database_url",
+            "sslcert and sslkey (a client certificate and its key) go together",
+        ));
+    }
+    Ok(())
 }
 
 impl fmt::Display for DatabaseUrl {
@@ -436,6 +496,11 @@ impl Config {
             out,
             "busy_timeout_secs = {}",
             self.sync.busy_timeout.as_secs()
+        );
+        let _ = writeln!(
+            out,
+            "claim_lease_secs = {}",
+            self.sync.claim_lease.as_secs()
         );
         let _ = writeln!(out, "[metrics]");
         match self.metrics.listen {
@@ -661,6 +726,15 @@ fn resolve(
         return Err(invalid("sync.max_download_bytes", "must be at least 1"));
     }
 
+    let claim_lease_secs = sync.claim_lease_secs.unwrap_or(60);
+    if !(3..=3600).contains(&claim_lease_secs) {
+        return Err(invalid(
+            "sync.claim_lease_secs",
+            "must be between 3 and 3600",
+        ));
+    }
+    let claim_lease = Duration::from_secs(claim_lease_secs);
+
     let listen = match file.metrics.listen {
         None => None,
         Some(raw) => Some(raw.parse::<std::net::SocketAddr>().map_err(|_| {
@@ -763,6 +837,7 @@ fn resolve(
             session_window_hours,
             max_download_bytes,
             busy_timeout: Duration::from_secs(sync.busy_timeout_secs.unwrap_or(60)),
+            claim_lease,
         },
         metrics: MetricsConfig { listen },
         accounts,

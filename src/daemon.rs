@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::sync::{sync_account, Account, SyncContext};
+use crate::sync::{sync_account_for_tick, Account, SyncContext};
+use crate::timestamp::Timestamp;
 
 /// Runs the schedule until `shutdown` completes, then drains. Returns an error only when the
 /// metrics endpoint cannot be bound or the scheduler cannot be set up.
@@ -67,7 +68,11 @@ pub async fn run(
             abort_running.clone(),
         );
         let cron = account.config.cron.clone();
+        let schedule = Arc::new(
+            crate::config::parse_cron(&cron).map_err(|e| anyhow::anyhow!("cron {cron:?}: {e}"))?,
+        );
         let job = Job::new_async(cron.as_str(), move |_id, _scheduler| {
+            let tick = scheduled_instant(&schedule, chrono::Utc::now());
             let (account, in_flight, ctx, semaphore, tracker, stop_starting, abort_running) = (
                 account.clone(),
                 in_flight.clone(),
@@ -95,7 +100,7 @@ pub async fn run(
                     };
                     let Ok(_permit) = permit else { return };
                     // Errors are logged and recorded by sync_account itself.
-                    let _ = sync_account(&ctx, &account, &abort_running).await;
+                    let _ = sync_account_for_tick(&ctx, &account, tick, &abort_running).await;
                 });
             })
         })
@@ -142,6 +147,23 @@ pub async fn run(
     ctx.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The scheduled instant a tick fired at `now` is for: the schedule's latest time at or
+/// before `now`, allowing the timer to fire up to a second early. Instances on one schedule
+/// get the same instant, which is how they sync each account once per tick (see
+/// `Store::claim_account`).
+fn scheduled_instant(schedule: &croner::Cron, now: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    use chrono::Timelike;
+    // Schedules have whole seconds; croner would keep the fraction.
+    let latest = (now + chrono::Duration::seconds(1))
+        .with_nanosecond(0)
+        .unwrap_or(now);
+    schedule
+        .find_previous_occurrence(&latest, true)
+        .ok()
+        .and_then(Timestamp::from_chrono)
+        .unwrap_or_else(Timestamp::now)
 }
 
 /// Starts the open-sessions and last-success gauges of the configured accounts from the
@@ -202,5 +224,37 @@ pub fn refuse_reload() {
             });
         }
         Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scheduled_instant;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_tick_is_for_the_latest_scheduled_time_even_if_the_timer_fires_a_little_early_or_late() {
+        let every_five_minutes = crate::config::parse_cron("0 */5 * * * *").unwrap();
+        let at = |h, m, s, ms| {
+            chrono::Utc.with_ymd_and_hms(2026, 11, 29, h, m, s).unwrap()
+                + chrono::Duration::milliseconds(ms)
+        };
+        let expected = crate::timestamp::Timestamp::from_chrono(at(10, 5, 0, 0)).unwrap();
+        for fired in [
+            at(10, 4, 59, 200),
+            at(10, 5, 0, 0),
+            at(10, 5, 0, 900),
+            at(10, 6, 30, 0),
+        ] {
+            assert_eq!(
+                scheduled_instant(&every_five_minutes, fired),
+                expected,
+                "{fired}"
+            );
+        }
+        assert_ne!(
+            scheduled_instant(&every_five_minutes, at(10, 9, 59, 500)),
+            expected
+        );
     }
 }

@@ -52,6 +52,9 @@ pub enum CdnFault {
     Truncate,
     /// Send this many bytes of the file, then neither send more nor close.
     StallAfter(usize),
+    /// Send this many bytes of the file, wait this long, then send the rest: a run held
+    /// mid-download, for as long as a test needs.
+    PauseAfter(usize, Duration),
     /// Redirect once to a second link with the same file.
     Redirect,
     /// Redirect to itself, for ever.
@@ -425,6 +428,20 @@ async fn cdn_file(
             let head = body.slice(..n.min(body.len()));
             let stream =
                 stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(stream::pending());
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/csv")
+                .body(Body::from_stream(stream))
+                .unwrap_or_else(|_| status(500, ""))
+        }
+        Some(CdnFault::PauseAfter(n, pause)) => {
+            let head = body.slice(..n.min(body.len()));
+            let tail = body.slice(n.min(body.len())..);
+            let stream = stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(
+                stream::once(async move {
+                    tokio::time::sleep(pause).await;
+                    Ok(tail)
+                }),
+            );
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/csv")
                 .body(Body::from_stream(stream))

@@ -17,7 +17,8 @@ use crate::config::{AccountConfig, SyncConfig};
 use crate::metrics::{Metrics, RunResult};
 use crate::snapshot::{Row, SnapshotReader};
 use crate::store::{
-    AccountId, ApplyCounts, ApplyParams, ReadCounts, RunId, RunStatus, Staging, Store,
+    AccountId, ApplyCounts, ApplyParams, Claim, ClaimOutcome, FailureKind, Fence, ReadCounts,
+    RunId, RunStatus, Staging, Store,
 };
 use crate::timestamp::Timestamp;
 use crate::vendor::{VendorClient, VendorError};
@@ -64,7 +65,7 @@ impl SyncContext {
 /// The step of a sync, as named in errors and in `sync_runs.error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Another instance is syncing the account: not a failure, the run is skipped.
+    /// Claiming the account, and holding the claim while the run goes on.
     Claim,
     StartRun,
     RequestLink,
@@ -92,7 +93,8 @@ impl std::fmt::Display for Step {
     }
 }
 
-/// A failed sync: which account, which step, why. No session was changed.
+/// A sync that did not succeed: which account, which step, why, and how it ended. No
+/// session was changed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{account}: {step}: {cause}")]
 pub struct SyncError {
@@ -101,6 +103,20 @@ pub struct SyncError {
     pub cause: String,
     pub run: Option<RunId>,
     pub counts: ReadCounts,
+    pub ending: Ending,
+}
+
+/// How a sync that did not succeed ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Another run holds the account, or one already synced it for this tick: nothing was
+    /// recorded, and it is not a failure.
+    Skipped,
+    /// The run was `failed`.
+    Failed,
+    /// The run was `abandoned`: cut short by a shutdown, or it lost its claim on the account.
+    /// Planned or harmless; not a failure either.
+    Abandoned,
 }
 
 /// A successful sync.
@@ -114,13 +130,12 @@ pub struct RunReport {
 }
 
 impl SyncError {
-    /// True when the account was skipped because another instance is syncing it.
+    /// True when the account was skipped: another run holds it, or already synced it for
+    /// this tick.
     pub fn is_skip(&self) -> bool {
-        self.step == Step::Claim && self.run.is_none() && self.cause == SKIPPED
+        self.ending == Ending::Skipped
     }
 }
-
-const SKIPPED: &str = "another session-sync instance is syncing this account; skipped";
 
 impl std::fmt::Display for RunReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,6 +161,8 @@ struct Failure {
     /// The staging area, when the failure happened after it was opened: its rejected records
     /// are stored with the failure.
     staging: Option<Staging>,
+    /// `Failed`, or `Abandoned` for a run cut short on purpose or that lost its claim.
+    status: RunStatus,
 }
 
 fn fail(step: Step, cause: impl ToString) -> Failure {
@@ -154,43 +171,79 @@ fn fail(step: Step, cause: impl ToString) -> Failure {
         cause: cause.to_string(),
         counts: ReadCounts::default(),
         staging: None,
+        status: RunStatus::Failed,
     }
 }
 
-/// Syncs one account once. `abort` cuts a run short (the daemon's shutdown grace ran out):
-/// what was staged is dropped and the run is marked `abandoned`.
-#[tracing::instrument(skip_all, fields(account = %account.label))]
+fn abandon(step: Step, cause: impl ToString) -> Failure {
+    Failure {
+        status: RunStatus::Abandoned,
+        ..fail(step, cause)
+    }
+}
+
+/// Syncs one account once, now (the one-shot `sync` command, the demo, the tests).
+/// `abort` cuts a run short (the daemon's shutdown grace ran out): what was staged is
+/// dropped and the run is marked `abandoned`.
 pub async fn sync_account(
     ctx: &SyncContext,
     account: &Account,
     abort: &CancellationToken,
 ) -> Result<RunReport, SyncError> {
-    let early = |step: Step, cause: String| SyncError {
+    sync_account_for_tick(ctx, account, Timestamp::now(), abort).await
+}
+
+/// [`sync_account`] for the daemon's scheduled instant `tick`: with several instances on one
+/// schedule, the first to claim the account for a tick syncs it and the others skip it.
+#[tracing::instrument(skip_all, fields(account = %account.label))]
+pub async fn sync_account_for_tick(
+    ctx: &SyncContext,
+    account: &Account,
+    tick: Timestamp,
+    abort: &CancellationToken,
+) -> Result<RunReport, SyncError> {
+    let early = |step: Step, cause: String, ending: Ending| SyncError {
         account: account.label.clone(),
         step,
         cause,
         run: None,
         counts: ReadCounts::default(),
+        ending,
     };
     let clock = Instant::now();
-    let claim = ctx.store.lock_account(account.id).await;
+    let claim = ctx
+        .store
+        .claim_account(account.id, tick, ctx.settings.claim_lease)
+        .await;
     let result = match claim {
-        Err(e) => Err(early(Step::Claim, e.to_string())),
-        Ok(None) => {
-            tracing::debug!("{SKIPPED}");
-            Err(early(Step::Claim, SKIPPED.to_owned()))
+        Err(e) => Err(early(Step::Claim, e.to_string(), Ending::Failed)),
+        Ok(ClaimOutcome::Busy { holder, until }) => {
+            let cause = format!(
+                "another session-sync instance ({holder}) is syncing this account (its claim \
+                 runs until {} unless renewed)",
+                until.to_iso()
+            );
+            tracing::debug!("{cause}");
+            Err(early(Step::Claim, cause, Ending::Skipped))
         }
-        Ok(Some(lock)) => {
-            let result = claimed_run(ctx, account, abort).await;
-            lock.release().await;
+        Ok(ClaimOutcome::DoneThisTick { holder }) => {
+            let cause = format!("already synced for this scheduled time by {holder}");
+            tracing::debug!("{cause}");
+            Err(early(Step::Claim, cause, Ending::Skipped))
+        }
+        Ok(ClaimOutcome::Claimed(claim)) => {
+            let result = claimed_run(ctx, account, &claim, abort).await;
+            claim.release().await;
             result
         }
     };
     let (outcome, read) = match &result {
         Ok(report) => (RunResult::Succeeded(report.applied), report.read),
-        Err(e) if e.is_skip() => (RunResult::Skipped, e.counts),
-        Err(e) if e.step == Step::Shutdown => (RunResult::Abandoned, e.counts),
-        Err(e) => (RunResult::Failed, e.counts),
+        Err(e) => match e.ending {
+            Ending::Skipped => (RunResult::Skipped, e.counts),
+            Ending::Abandoned => (RunResult::Abandoned, e.counts),
+            Ending::Failed => (RunResult::Failed, e.counts),
+        },
     };
     ctx.metrics.record_run(
         account.config.customer_id,
@@ -205,6 +258,7 @@ pub async fn sync_account(
 async fn claimed_run(
     ctx: &SyncContext,
     account: &Account,
+    claim: &Claim,
     abort: &CancellationToken,
 ) -> Result<RunReport, SyncError> {
     let clock = Instant::now();
@@ -219,13 +273,18 @@ async fn claimed_run(
             cause: e.to_string(),
             run: None,
             counts: ReadCounts::default(),
+            ending: Ending::Failed,
         })?;
 
     let outcome = tokio::select! {
-        outcome = run_body(ctx, account, run, started_at) => outcome,
-        () = abort.cancelled() => Err(fail(
+        outcome = run_body(ctx, account, run, started_at, claim.fence()) => outcome,
+        () = abort.cancelled() => Err(abandon(
             Step::Shutdown,
             "the service stopped and the shutdown grace period ran out; rolled back",
+        )),
+        why = claim.hold() => Err(abandon(
+            Step::Claim,
+            format!("lost the claim on the account mid-run: {why}; rolled back"),
         )),
     };
 
@@ -252,11 +311,7 @@ async fn claimed_run(
             Ok(report)
         }
         Err(failure) => {
-            let status = if failure.step == Step::Shutdown {
-                RunStatus::Abandoned
-            } else {
-                RunStatus::Failed
-            };
+            let status = failure.status;
             let message = format!("{}: {}", failure.step, failure.cause);
             record_failure(ctx, run, status, &message, failure.counts, failure.staging).await;
             tracing::error!(
@@ -275,6 +330,10 @@ async fn claimed_run(
                 cause: failure.cause,
                 run: Some(run),
                 counts: failure.counts,
+                ending: match status {
+                    RunStatus::Failed => Ending::Failed,
+                    RunStatus::Abandoned => Ending::Abandoned,
+                },
             })
         }
     }
@@ -317,6 +376,7 @@ async fn run_body(
     account: &Account,
     run: RunId,
     started_at: Timestamp,
+    fence: Option<Fence>,
 ) -> Result<(ReadCounts, ApplyCounts), Failure> {
     let download = open_snapshot(&ctx.vendor, &account.config).await?;
 
@@ -330,24 +390,25 @@ async fn run_body(
         stream_into(&mut staging, download, &ctx.settings, &mut counts).await
     {
         return Err(Failure {
-            step,
-            cause,
             counts,
             staging: Some(staging),
+            ..fail(step, cause)
         });
     }
 
     let limit = ctx.settings.max_rejected_ratio;
     if counts.rows_rejected as f64 > limit * counts.rows_read as f64 {
         return Err(Failure {
-            step: Step::Judge,
-            cause: format!(
-                "{} of {} records rejected, more than max_rejected_ratio = {limit}: \
-                 the snapshot is not trusted (see rejected_rows)",
-                counts.rows_rejected, counts.rows_read
-            ),
             counts,
             staging: Some(staging),
+            ..fail(
+                Step::Judge,
+                format!(
+                    "{} of {} records rejected, more than max_rejected_ratio = {limit}: \
+                     the snapshot is not trusted (see rejected_rows)",
+                    counts.rows_rejected, counts.rows_read
+                ),
+            )
         });
     }
 
@@ -358,13 +419,16 @@ async fn run_body(
             run_started_at: started_at,
             finished_at: Timestamp::now(),
             counts,
+            fence,
         })
         .await
         .map_err(|e| Failure {
-            step: Step::Apply,
-            cause: e.to_string(),
             counts,
-            staging: None,
+            ..if e.kind() == FailureKind::ClaimLost {
+                abandon(Step::Apply, e)
+            } else {
+                fail(Step::Apply, e)
+            }
         })?;
     Ok((counts, applied))
 }

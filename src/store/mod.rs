@@ -18,27 +18,97 @@ use crate::config::{AccountConfig, Backend, DatabaseUrl};
 use crate::snapshot::{Rejection, SessionKey};
 use crate::timestamp::Timestamp;
 
-/// A database failure, with what was being done.
+/// A database failure: what was being done, and why it failed. Its `Display` says both, so
+/// it has no separate `source()` (a chain printer would repeat the cause).
 #[derive(Debug, thiserror::Error)]
-#[error("{action}: {source}")]
+#[error("{action}: {cause}")]
 pub struct StoreError {
     action: &'static str,
-    #[source]
-    source: sqlx::Error,
+    cause: Cause,
+}
+
+/// Why a database step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error("{0}")]
+    Sql(sqlx::Error),
+    /// The TLS handshake with PostgreSQL failed or was refused: a configuration error that
+    /// waiting will not fix. `setting` names what to look at in the database URL.
+    #[error("TLS to PostgreSQL failed ({setting}): {source}")]
+    Tls {
+        setting: String,
+        source: sqlx::Error,
+    },
+    /// The server refused the login (password, user, database, pg_hba.conf): a
+    /// configuration error too.
+    #[error("PostgreSQL refused the login ({hint}): {source}")]
+    Login {
+        hint: &'static str,
+        source: sqlx::Error,
+    },
+    /// This run's claim on its account lapsed (see [`Claim`]): another run may have taken
+    /// the account over, so this one must not write its snapshot.
+    #[error(
+        "this run's claim on the account lapsed (its lease ran out: the process was paused or \
+         cut off from the database for longer than claim_lease_secs, or another instance took \
+         the account over); nothing was applied"
+    )]
+    ClaimLost,
+}
+
+/// What kind of failure a [`StoreError`] is, for deciding what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The server could not be reached, or is starting up, or has no connection slot left:
+    /// worth waiting for.
+    Unreachable,
+    /// TLS or the login failed: the configuration must change; waiting will not help.
+    Configuration,
+    /// The run lost its claim on the account.
+    ClaimLost,
+    /// Anything else.
+    Other,
 }
 
 impl StoreError {
+    pub fn kind(&self) -> FailureKind {
+        match &self.cause {
+            Cause::Tls { .. } | Cause::Login { .. } => FailureKind::Configuration,
+            Cause::ClaimLost => FailureKind::ClaimLost,
+            Cause::Sql(e) if self.action == CONNECTING && is_unreachable(e) => {
+                FailureKind::Unreachable
+            }
+            Cause::Sql(_) => FailureKind::Other,
+        }
+    }
+
     /// The database could not be reached at all (as opposed to refusing what was asked).
     pub fn is_unreachable(&self) -> bool {
-        self.action == CONNECTING
-            && matches!(
-                self.source,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
-            )
+        self.kind() == FailureKind::Unreachable
     }
 
     fn wrap(action: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-        move |source| StoreError { action, source }
+        move |source| StoreError {
+            action,
+            cause: Cause::Sql(source),
+        }
+    }
+
+    fn new(action: &'static str, cause: Cause) -> StoreError {
+        StoreError { action, cause }
+    }
+}
+
+/// Failures to connect that waiting may fix: the network, a server starting or shutting down
+/// (57P03, 57P01), one out of connection slots (53300), and the connection exceptions
+/// (class 08, which is also how PgBouncer reports a server it cannot reach).
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P03" | "53300")),
+        _ => false,
     }
 }
 
@@ -57,10 +127,7 @@ impl<T> Doing<T> for Result<T, sqlx::Error> {
 
 impl<T> Doing<T> for Result<T, sqlx::migrate::MigrateError> {
     fn doing(self, action: &'static str) -> Result<T, StoreError> {
-        self.map_err(|e| StoreError {
-            action,
-            source: sqlx::Error::Migrate(Box::new(e)),
-        })
+        self.map_err(|e| StoreError::wrap(action)(sqlx::Error::Migrate(Box::new(e))))
     }
 }
 
@@ -98,11 +165,102 @@ pub struct ApplyParams {
     pub run_started_at: Timestamp,
     pub finished_at: Timestamp,
     pub counts: ReadCounts,
+    /// The run's claim on the account, checked in the apply's own transaction: see [`Fence`].
+    pub fence: Option<Fence>,
 }
 
-/// The message left on runs that a crash or a shutdown cut short.
+/// The message left on runs that a later run of the account found still `running`.
 pub const ABANDONED_BY_CRASH: &str =
-    "abandoned: found still running when the next run of this account started (the process died)";
+    "abandoned: found still running when a later run of this account started (the process \
+     running it died, or lost its claim on the account)";
+
+/// A claim on one account for one run: while it holds, no other run of the account (in any
+/// instance) starts, and only a run whose claim still holds may apply its snapshot.
+///
+/// On PostgreSQL it is a lease in `account_claims`: a row per account with a term number
+/// that each claim increments, and an expiry (the database's clock) that the claimant renews
+/// every third of `claim_lease_secs` while it runs ([`Claim::hold`]) and clears when it is
+/// done. Everything is a short transaction, so it works through a transaction-mode pooler. A
+/// claimant killed mid-run stops renewing, and its lease lapses within `claim_lease_secs`;
+/// any instance may then claim the account. The apply checks, in its own transaction and
+/// under the claim row's lock, that the term is still this run's and the lease unexpired
+/// (the [`Fence`]), so a run that was paused or cut off past its lease can never write over
+/// a newer run's snapshot.
+///
+/// A SQLite file belongs to one process (see `sqlite::claim_file`), whose daemon never
+/// overlaps runs of an account: there is nothing more to claim.
+pub struct Claim {
+    inner: Option<postgres::PostgresClaim>,
+}
+
+/// What the apply checks of a [`Claim`]; see there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub term: i64,
+    /// How long the lease is extended by, from the database's clock.
+    pub lease: std::time::Duration,
+}
+
+/// What asking for a claim gave.
+pub enum ClaimOutcome {
+    Claimed(Claim),
+    /// Another run holds the account: who, and until when its lease runs unless renewed.
+    Busy {
+        holder: String,
+        until: Timestamp,
+    },
+    /// A run for this tick (or a later one) already took the account: several instances on one
+    /// schedule sync each account once per tick.
+    DoneThisTick {
+        holder: String,
+    },
+}
+
+impl Claim {
+    /// What the apply must check; `None` where there is nothing to check (SQLite).
+    pub fn fence(&self) -> Option<Fence> {
+        self.inner.as_ref().map(|c| c.fence())
+    }
+
+    /// Keeps the claim alive, renewing its lease every third of its length; completes only
+    /// when the claim is lost (taken over, or not renewed for a whole lease because the
+    /// database could not be reached), with why. Never completes on SQLite.
+    pub async fn hold(&self) -> String {
+        let Some(claim) = &self.inner else {
+            return std::future::pending().await;
+        };
+        let lease = claim.fence().lease;
+        let mut renewed = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            let attempt = tokio::time::Instant::now();
+            match claim.renew().await {
+                Ok(true) => renewed = attempt,
+                Ok(false) => {
+                    return "its lease lapsed and could not be renewed (another instance may \
+                            have taken the account over)"
+                        .to_owned()
+                }
+                Err(e) if renewed.elapsed() >= lease => {
+                    return format!(
+                        "its lease could not be renewed for {} s: {e}",
+                        lease.as_secs()
+                    )
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew the claim on the account; retrying")
+                }
+            }
+        }
+    }
+
+    /// Gives the account up at once (the lease would lapse by itself otherwise).
+    pub async fn release(self) {
+        if let Some(claim) = self.inner {
+            claim.release().await;
+        }
+    }
+}
 
 /// Whether a snapshot may list sessions that are closed, i.e. whether the re-open step (a
 /// primary-key probe per staged row) has to run. Every distinct staged key is new, or was
@@ -126,22 +284,28 @@ fn reopen_may_be_needed(
     }
 }
 
+/// Whether an apply changed so much of an account's sessions that the planner statistics
+/// taken before it may misjudge the account's next poll by far. The statements of a poll are
+/// planned on statistics that autovacuum refreshes only after a tenth of the table has
+/// changed, and then not at once: right after an account's first load, a new account's or a
+/// mass closure, the planner would think the account has next to no open sessions and pick
+/// plans that cost the square of the snapshot (a 20,000-row poll took 26 s instead of
+/// 0.2 s). So a store that plans on statistics refreshes them itself after such an apply: one
+/// that changed at least [`STATS_MIN_CHANGE`] sessions, and at least a fifth as many as
+/// were open before. A steady poll (a few percent of turnover) never triggers it.
+fn statistics_may_be_stale(open_before: u64, counts: &ApplyCounts) -> bool {
+    let changed = counts.sessions_new + counts.sessions_closed + counts.sessions_reopened;
+    changed >= STATS_MIN_CHANGE && changed.saturating_mul(5) >= open_before
+}
+
+/// Below this many changed sessions even a plan that costs their square is cheap.
+const STATS_MIN_CHANGE: u64 = 1000;
+
 /// One backend or the other; every method dispatches to the backend's own file.
 #[derive(Debug, Clone)]
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
     Postgres(postgres::PostgresStore),
-}
-
-/// A claim on one account for one run; see [`Store::lock_account`].
-pub struct AccountLock(Option<postgres::PostgresAccountLock>);
-
-impl AccountLock {
-    pub async fn release(self) {
-        if let Some(lock) = self.0 {
-            lock.release().await;
-        }
-    }
 }
 
 /// A snapshot being staged on one connection; see the module documentation.
@@ -176,9 +340,10 @@ impl Store {
         max_connections: u32,
         busy_timeout: std::time::Duration,
     ) -> Result<Store, StoreError> {
-        match url.backend().map_err(|e| StoreError {
-            action: "reading database_url",
-            source: sqlx::Error::Configuration(e.to_string().into()),
+        match url.backend().map_err(|e| {
+            StoreError::wrap("reading database_url")(sqlx::Error::Configuration(
+                e.to_string().into(),
+            ))
         })? {
             Backend::Sqlite => Ok(Store::Sqlite(
                 sqlite::SqliteStore::connect(url.expose(), max_connections, busy_timeout).await?,
@@ -193,9 +358,10 @@ impl Store {
     /// `export`. Nothing is created or migrated, and a SQLite file's instance lock is not
     /// claimed (SQLite's WAL lets readers work while the daemon writes).
     pub async fn connect_reader(url: &DatabaseUrl) -> Result<Store, StoreError> {
-        match url.backend().map_err(|e| StoreError {
-            action: "reading database_url",
-            source: sqlx::Error::Configuration(e.to_string().into()),
+        match url.backend().map_err(|e| {
+            StoreError::wrap("reading database_url")(sqlx::Error::Configuration(
+                e.to_string().into(),
+            ))
         })? {
             Backend::Sqlite => Ok(Store::Sqlite(
                 sqlite::SqliteStore::connect_reader(url.expose()).await?,
@@ -254,19 +420,19 @@ impl Store {
         })
     }
 
-    /// Claims the account for one run, so that several instances sharing a PostgreSQL
-    /// database never sync it at the same time: `None` when another holds it. PostgreSQL
-    /// uses a session-level advisory lock on a connection kept for the run (released by
-    /// [`AccountLock::release`], or by closing the connection if the run is dropped or the
-    /// process dies). A SQLite file belongs to one process (see `sqlite::claim_file`), whose
-    /// daemon never overlaps runs of an account, so there is nothing more to claim.
-    pub async fn lock_account(
+    /// Claims the account for one run (see [`Claim`]). `tick` is the scheduled instant the
+    /// run is for (now, for a one-shot sync): an account that a run for this tick or a later
+    /// one already claimed is not claimed again, so instances sharing a schedule sync each
+    /// account once per tick. `lease` is how long the claim lasts unless renewed.
+    pub async fn claim_account(
         &self,
         account: AccountId,
-    ) -> Result<Option<AccountLock>, StoreError> {
+        tick: Timestamp,
+        lease: std::time::Duration,
+    ) -> Result<ClaimOutcome, StoreError> {
         match self {
-            Store::Sqlite(_) => Ok(Some(AccountLock(None))),
-            Store::Postgres(s) => Ok(s.lock_account(account).await?.map(|l| AccountLock(Some(l)))),
+            Store::Sqlite(_) => Ok(ClaimOutcome::Claimed(Claim { inner: None })),
+            Store::Postgres(s) => s.claim_account(account, tick, lease).await,
         }
     }
 
@@ -416,7 +582,32 @@ const ACCOUNT_SUMMARY_SQL: &str = "\
 
 #[cfg(test)]
 mod tests {
-    use super::reopen_may_be_needed;
+    use super::{reopen_may_be_needed, statistics_may_be_stale, ApplyCounts};
+
+    fn changed(new: u64, closed: u64, reopened: u64) -> ApplyCounts {
+        ApplyCounts {
+            sessions_new: new,
+            sessions_closed: closed,
+            sessions_reopened: reopened,
+            sessions_open: 0,
+        }
+    }
+
+    #[test]
+    fn statistics_are_refreshed_after_a_first_load_or_a_mass_change_but_not_a_steady_poll() {
+        // A first load, a new account's, a mass closure, a mass re-opening.
+        assert!(statistics_may_be_stale(0, &changed(20_000, 0, 0)));
+        assert!(statistics_may_be_stale(200_000, &changed(0, 150_000, 0)));
+        assert!(statistics_may_be_stale(10_000, &changed(0, 0, 9_000)));
+        // A steady poll of a large account: 3% turnover.
+        assert!(!statistics_may_be_stale(
+            1_000_000,
+            &changed(15_000, 15_000, 0)
+        ));
+        // Small accounts, whatever their turnover: not worth an ANALYZE per poll.
+        assert!(!statistics_may_be_stale(0, &changed(999, 0, 0)));
+        assert!(!statistics_may_be_stale(500, &changed(400, 500, 0)));
+    }
 
     #[test]
     fn the_reopen_step_is_skipped_only_when_every_staged_key_is_accounted_for() {

@@ -1,20 +1,35 @@
 //! The PostgreSQL store: shared, for teams and for several instances.
 //!
-//! Snapshots are staged with `COPY` into session-private temporary tables (created once per
-//! connection, emptied per run, so frequent polls do not churn the catalog) and applied with
-//! set-based statements in one transaction.
+//! Written for PostgreSQL as production serves it: over TLS (rustls; `sslmode`,
+//! `sslrootcert`, `sslcert`, `sslkey` in the URL as libpq reads them), and through a
+//! transaction-mode pooler such as PgBouncer. Behind such a pooler each transaction may run
+//! on a different server connection, so this file keeps to three rules:
+//! - every statement with parameters runs inside an explicit transaction and as an unnamed
+//!   statement ([`q`], [`q_scalar`]): sqlx prepares and executes in two round trips, and a
+//!   named statement would outlive its transaction on a server connection other clients get;
+//! - nothing is assumed to survive a transaction: a snapshot is staged and applied in one
+//!   transaction ([`PostgresStaging`]), claims on accounts are lease rows (`Claim`), and
+//!   migrations run in one transaction under a transaction-scoped advisory lock;
+//! - no startup parameter PgBouncer refuses (sqlx's `extra_float_digits`).
+//!
+//! Snapshots are staged with binary `COPY` into temporary tables, created on a server
+//! connection the first time it stages and emptied at each commit (`ON COMMIT DELETE ROWS`),
+//! so frequent polls do not churn the catalog, then applied with set-based statements.
 
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::stream::{BoxStream, StreamExt};
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, Executor, Postgres, Row};
+use sqlx::postgres::{
+    PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgSslMode, Postgres,
+};
+use sqlx::{ConnectOptions, Connection, Executor, Row, Transaction};
 
 use super::{
-    AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Doing, FinishedRun,
-    HistoryRow, ReadCounts, RunId, RunStatus, StoreError, ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
+    AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Cause, Claim, ClaimOutcome,
+    Doing, Fence, FinishedRun, HistoryRow, ReadCounts, RunId, RunStatus, StoreError,
+    ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
 use crate::snapshot::{Rejection, SessionKey};
@@ -28,6 +43,22 @@ const COPY_CHUNK_BYTES: usize = 1 << 20;
 const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// PostgreSQL's binary timestamps count microseconds from 2000-01-01T00:00:00Z.
 const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+/// The transaction-scoped advisory lock that serializes migrations ("sess" "migr").
+const MIGRATION_LOCK: (i32, i32) = (0x7365_7373, 0x6d69_6772);
+
+/// A statement as this store sends every one: unnamed, so that it never outlives its
+/// transaction on a pooler's server connection (see the module documentation).
+fn q(sql: &str) -> sqlx::query::Query<'_, Postgres, PgArguments> {
+    sqlx::query(sql).persistent(false)
+}
+
+/// [`q`] for a statement that returns one value.
+fn q_scalar<T>(sql: &str) -> sqlx::query::QueryScalar<'_, Postgres, T, PgArguments>
+where
+    (T,): for<'r> sqlx::FromRow<'r, PgRow>,
+{
+    sqlx::query_scalar(sql).persistent(false)
+}
 
 /// `export`: the view's rows, oldest first (accounts without a sub-account before those with).
 const EXPORT_SQL: &str = "\
@@ -37,7 +68,7 @@ const EXPORT_SQL: &str = "\
     WHERE session_created_at >= $1 AND ($2::bigint IS NULL OR customer_id = $2) \
     ORDER BY session_created_at, customer_id, sub_account_id IS NOT NULL, sub_account_id, source";
 
-fn ts_req(row: &sqlx::postgres::PgRow, i: usize) -> Result<Timestamp, sqlx::Error> {
+fn ts_req(row: &PgRow, i: usize) -> Result<Timestamp, sqlx::Error> {
     let t: chrono::DateTime<chrono::Utc> = row.try_get(i)?;
     Timestamp::from_chrono(t).ok_or_else(|| sqlx::Error::ColumnDecode {
         index: i.to_string(),
@@ -45,7 +76,7 @@ fn ts_req(row: &sqlx::postgres::PgRow, i: usize) -> Result<Timestamp, sqlx::Erro
     })
 }
 
-fn history_row(r: &sqlx::postgres::PgRow) -> Result<HistoryRow, sqlx::Error> {
+fn history_row(r: &PgRow) -> Result<HistoryRow, sqlx::Error> {
     Ok(HistoryRow {
         customer_id: r.try_get(0)?,
         sub_account_id: r.try_get(1)?,
@@ -76,9 +107,17 @@ const ACCOUNT_STATUS_SQL: &str = "\
         ORDER BY r.started_at DESC, r.id DESC LIMIT 1) \
     ORDER BY a.customer_id, a.sub_account_id IS NOT NULL, a.sub_account_id";
 
-fn ts_at(row: &sqlx::postgres::PgRow, i: usize) -> Option<Timestamp> {
+fn ts_at(row: &PgRow, i: usize) -> Option<Timestamp> {
     row.get::<Option<chrono::DateTime<chrono::Utc>>, _>(i)
         .and_then(Timestamp::from_chrono)
+}
+
+fn tz(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
+    t.to_chrono()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[derive(Debug, Clone)]
@@ -86,8 +125,75 @@ pub struct PostgresStore {
     pool: PgPool,
 }
 
-fn tz(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
-    t.to_chrono()
+/// libpq's name for an `sslmode`.
+fn sslmode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// Sorts a failure to connect: TLS and a refused login are configuration errors (the message
+/// says which setting to look at); anything else stays as it is, and [`super::FailureKind`]
+/// decides whether it is worth waiting for.
+fn connect_error(url: &str, options: &PgConnectOptions, e: sqlx::Error) -> StoreError {
+    // rustls reports a certificate it refuses as an I/O error of the handshake.
+    let tls_in_io = |e: &std::io::Error| {
+        e.get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+    };
+    let cause = match e {
+        sqlx::Error::Tls(_) => tls_cause(url, options, e),
+        sqlx::Error::Io(ref io) if tls_in_io(io) => tls_cause(url, options, e),
+        sqlx::Error::Database(ref db)
+            if db.code().is_some_and(|c| {
+                // invalid_authorization_specification, invalid_password, invalid_catalog_name
+                matches!(&*c, "28000" | "28P01" | "3D000")
+            }) =>
+        {
+            Cause::Login {
+                hint: "authentication: check the user, password, database and sslmode in \
+                       database_url against the server's pg_hba.conf",
+                source: e,
+            }
+        }
+        other => Cause::Sql(other),
+    };
+    StoreError::new(super::CONNECTING, cause)
+}
+
+/// A TLS failure, naming the settings that decide TLS: `sslmode` and `sslrootcert`.
+fn tls_cause(url: &str, options: &PgConnectOptions, e: sqlx::Error) -> Cause {
+    let mode = options.get_ssl_mode();
+    let mut setting = format!("database_url has sslmode={}", sslmode_name(mode));
+    let rootcert = url::Url::parse(url).ok().and_then(|u| {
+        u.query_pairs()
+            .find(|(k, _)| k == "sslrootcert")
+            .map(|(_, v)| v.into_owned())
+    });
+    match rootcert {
+        Some(path) => setting.push_str(&format!(", sslrootcert={path}")),
+        None if matches!(mode, PgSslMode::VerifyCa | PgSslMode::VerifyFull) => {
+            setting.push_str(" and no sslrootcert: the system's CA store is used")
+        }
+        None => {}
+    }
+    Cause::Tls { setting, source: e }
+}
+
+/// Who holds a claim, for operators reading `account_claims`: `host:pid`.
+fn holder() -> &'static str {
+    static HOLDER: OnceLock<String> = OnceLock::new();
+    HOLDER.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown-host".to_owned());
+        format!("{host}:{}", std::process::id())
+    })
 }
 
 impl PostgresStore {
@@ -95,6 +201,12 @@ impl PostgresStore {
         let options = PgConnectOptions::from_str(url)
             .doing("reading the PostgreSQL database URL")?
             .application_name("session-sync")
+            // PgBouncer refuses startup parameters it does not know unless told to ignore
+            // them; timestamps and counts travel in binary, so the default is as good.
+            .extra_float_digits(None)
+            // Every statement is unnamed already (`q`); this only keeps sqlx from caching
+            // one should a statement slip through.
+            .statement_cache_capacity(0)
             // Applying a million-row snapshot legitimately takes seconds: not worth a warning.
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         // One direct connection first: the pool would keep retrying for its whole acquire
@@ -109,25 +221,93 @@ impl PostgresStore {
                         format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
                     )))
                 })
-                .doing(super::CONNECTING)?;
+                .map_err(|e| connect_error(url, &options, e))?;
         let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
-            .doing(super::CONNECTING)?;
+            .map_err(|e| connect_error(url, &options, e))?;
         Ok(PostgresStore { pool })
     }
 
+    /// Applies the embedded migrations not yet applied, all in one transaction that first
+    /// takes a transaction-scoped advisory lock: instances starting together wait for each
+    /// other instead of applying a migration twice, and it works through a transaction-mode
+    /// pooler (sqlx's own migrator holds a session-level lock, which a pooler cannot keep).
+    /// The bookkeeping is sqlx's `_sqlx_migrations` table, so databases migrated by earlier
+    /// versions carry on; an applied migration whose text changed is refused.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
+        const ACTION: &str = "applying PostgreSQL migrations";
+        let migrator = sqlx::migrate!("./migrations/postgres");
+        let mut tx = self.pool.begin().await.doing(ACTION)?;
+        q("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(MIGRATION_LOCK.0)
+            .bind(MIGRATION_LOCK.1)
+            .execute(&mut *tx)
             .await
-            .doing("applying PostgreSQL migrations")
+            .doing(ACTION)?;
+        (&mut *tx)
+            .execute(
+                "SET LOCAL client_min_messages = warning;
+                 CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+                     version BIGINT PRIMARY KEY,
+                     description TEXT NOT NULL,
+                     installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+                     success BOOLEAN NOT NULL,
+                     checksum BYTEA NOT NULL,
+                     execution_time BIGINT NOT NULL
+                 );",
+            )
+            .await
+            .doing(ACTION)?;
+        let applied: Vec<(i64, Vec<u8>, bool)> =
+            sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations")
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await
+                .doing(ACTION)?;
+        for m in migrator.iter() {
+            if !m.migration_type.is_up_migration() {
+                continue;
+            }
+            if let Some((_, checksum, success)) = applied.iter().find(|a| a.0 == m.version) {
+                let problem = if !success {
+                    Some(sqlx::migrate::MigrateError::Dirty(m.version))
+                } else if checksum[..] != m.checksum[..] {
+                    Some(sqlx::migrate::MigrateError::VersionMismatch(m.version))
+                } else {
+                    None
+                };
+                match problem {
+                    Some(e) => return Err(e).doing(ACTION),
+                    None => continue,
+                }
+            }
+            let started = std::time::Instant::now();
+            (&mut *tx)
+                .execute(&*m.sql)
+                .await
+                .map_err(|e| sqlx::migrate::MigrateError::ExecuteMigration(e, m.version))
+                .doing(ACTION)?;
+            q("INSERT INTO _sqlx_migrations \
+                   (version, description, success, checksum, execution_time) \
+               VALUES ($1, $2, TRUE, $3, $4)")
+            .bind(m.version)
+            .bind(&*m.description)
+            .bind(&*m.checksum)
+            .bind(i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .doing(ACTION)?;
+            tracing::info!(version = m.version, description = %m.description, "migration applied");
+        }
+        tx.commit().await.doing(ACTION)
     }
 
     pub async fn ensure_account(&self, a: &AccountConfig) -> Result<AccountId, StoreError> {
+        const ACTION: &str = "recording the account";
         let sql = if a.sub_account_id.is_some() {
             "INSERT INTO accounts (customer_id, sub_account_id, name) VALUES ($1, $2, $3) \
              ON CONFLICT (customer_id, sub_account_id) WHERE sub_account_id IS NOT NULL \
@@ -137,13 +317,20 @@ impl PostgresStore {
              ON CONFLICT (customer_id) WHERE sub_account_id IS NULL \
              DO UPDATE SET name = excluded.name RETURNING id"
         };
-        let id: i64 = sqlx::query_scalar(sql)
+        let mut tx = self.pool.begin().await.doing(ACTION)?;
+        let id: i64 = q_scalar(sql)
             .bind(a.customer_id)
             .bind(a.sub_account_id)
             .bind(a.name.as_deref())
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await
-            .doing("recording the account")?;
+            .doing(ACTION)?;
+        q("INSERT INTO account_claims (account_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .doing(ACTION)?;
+        tx.commit().await.doing(ACTION)?;
         Ok(AccountId(id))
     }
 
@@ -153,9 +340,9 @@ impl PostgresStore {
         started_at: Timestamp,
     ) -> Result<RunId, StoreError> {
         let mut tx = self.pool.begin().await.doing("starting the run")?;
-        sqlx::query(
+        q(
             "UPDATE sync_runs SET status = 'abandoned', finished_at = $1, error = $2 \
-             WHERE account_id = $3 AND status = 'running'",
+           WHERE account_id = $3 AND status = 'running'",
         )
         .bind(tz(started_at))
         .bind(ABANDONED_BY_CRASH)
@@ -163,7 +350,7 @@ impl PostgresStore {
         .execute(&mut *tx)
         .await
         .doing("marking crashed runs abandoned")?;
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = q_scalar(
             "INSERT INTO sync_runs (account_id, started_at, status) VALUES ($1, $2, 'running') \
              RETURNING id",
         )
@@ -184,48 +371,106 @@ impl PostgresStore {
         error: &str,
         counts: ReadCounts,
     ) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.doing("recording the failure")?;
-        finish_unapplied(&mut conn, run, status, finished_at, error, counts).await
+        let mut tx = self.pool.begin().await.doing("recording the failure")?;
+        finish_unapplied(&mut tx, run, status, finished_at, error, counts).await?;
+        tx.commit().await.doing("recording the failure")
     }
 
-    pub async fn lock_account(
+    /// See `Store::claim_account`. One statement takes the claim if its lease is over and no
+    /// claim for this tick or a later one was taken; `SKIP LOCKED` makes a claimant that
+    /// meets another one mid-claim (or a run applying, which holds the row while it checks
+    /// its fence) give up at once rather than wait.
+    pub async fn claim_account(
         &self,
         account: AccountId,
-    ) -> Result<Option<PostgresAccountLock>, StoreError> {
-        let mut conn = self.pool.acquire().await.doing("claiming the account")?;
-        let (high, low) = lock_key(account);
-        let claimed: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-            .bind(high)
-            .bind(low)
-            .fetch_one(&mut *conn)
-            .await
-            .doing("claiming the account")?;
-        Ok(claimed.then(|| PostgresAccountLock {
-            conn: Some(conn),
-            key: (high, low),
-        }))
+        tick: Timestamp,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, StoreError> {
+        const ACTION: &str = "claiming the account";
+        let mut tx = self.pool.begin().await.doing(ACTION)?;
+        let term: Option<i64> = q_scalar(
+            "UPDATE account_claims c \
+             SET term = c.term + 1, holder = $2, tick = $3, claimed_at = clock_timestamp(), \
+                 expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
+             FROM (SELECT account_id FROM account_claims WHERE account_id = $1 \
+                   FOR UPDATE SKIP LOCKED) free \
+             WHERE c.account_id = free.account_id \
+               AND c.expires_at <= clock_timestamp() AND (c.tick IS NULL OR c.tick < $3) \
+             RETURNING c.term",
+        )
+        .bind(account.0)
+        .bind(holder())
+        .bind(tz(tick))
+        .bind(millis(lease))
+        .fetch_optional(&mut *tx)
+        .await
+        .doing(ACTION)?;
+        let outcome = match term {
+            Some(term) => ClaimOutcome::Claimed(Claim {
+                inner: Some(PostgresClaim {
+                    pool: self.pool.clone(),
+                    account,
+                    fence: Fence { term, lease },
+                }),
+            }),
+            None => {
+                // Why not: read without waiting for the row's lock.
+                let row: Option<(Option<String>, chrono::DateTime<chrono::Utc>, bool)> =
+                    sqlx::query_as(
+                        "SELECT holder, expires_at, expires_at <= clock_timestamp() \
+                         FROM account_claims WHERE account_id = $1",
+                    )
+                    .persistent(false)
+                    .bind(account.0)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .doing(ACTION)?;
+                match row {
+                    None => {
+                        return Err(StoreError::wrap(ACTION)(sqlx::Error::Protocol(
+                            "the account has no row in account_claims (it was not registered)"
+                                .into(),
+                        )))
+                    }
+                    Some((holder, until, lapsed)) => {
+                        let holder = holder.unwrap_or_else(|| "another instance".to_owned());
+                        if lapsed {
+                            ClaimOutcome::DoneThisTick { holder }
+                        } else {
+                            ClaimOutcome::Busy {
+                                holder,
+                                until: Timestamp::from_chrono(until).unwrap_or(tick),
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        tx.commit().await.doing(ACTION)?;
+        Ok(outcome)
     }
 
     pub async fn stage(&self, session_window_hours: u32) -> Result<PostgresStaging, StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .doing("opening the staging area")?;
-        (&mut *conn)
+        const ACTION: &str = "opening the staging area";
+        let mut tx = self.pool.begin().await.doing(ACTION)?;
+        // Temporary tables outlive the transaction on the server connection, and are emptied
+        // by each commit: the first run on a server connection creates them, later ones find
+        // them (quietly, hence client_min_messages).
+        (&mut *tx)
             .execute(
-                "CREATE TEMP TABLE IF NOT EXISTS staging_sessions \
+                "SET LOCAL client_min_messages = warning;
+                 CREATE TEMP TABLE IF NOT EXISTS session_sync_staged \
                      (source text NOT NULL, created_at timestamptz NOT NULL, \
-                      expires_at timestamptz NOT NULL);
-                 CREATE TEMP TABLE IF NOT EXISTS staging_rejected \
+                      expires_at timestamptz NOT NULL) ON COMMIT DELETE ROWS;
+                 CREATE TEMP TABLE IF NOT EXISTS session_sync_rejected \
                      (line_number bigint NOT NULL, raw_record text NOT NULL, reason text NOT NULL, \
-                      listed_source text);
-                 TRUNCATE staging_sessions, staging_rejected;",
+                      listed_source text) ON COMMIT DELETE ROWS;",
             )
             .await
-            .doing("opening the staging area")?;
+            .doing(ACTION)?;
         Ok(PostgresStaging {
-            conn,
+            tx,
+            pool: self.pool.clone(),
             copy: Vec::with_capacity(COPY_CHUNK_BYTES + 128),
             session_window_hours,
             rejected: Vec::new(),
@@ -233,10 +478,13 @@ impl PostgresStore {
     }
 
     pub async fn account_summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
-        let rows = sqlx::query(super::ACCOUNT_SUMMARY_SQL)
-            .fetch_all(&self.pool)
+        const ACTION: &str = "reading account summaries";
+        let mut tx = self.pool.begin().await.doing(ACTION)?;
+        let rows = q(super::ACCOUNT_SUMMARY_SQL)
+            .fetch_all(&mut *tx)
             .await
-            .doing("reading account summaries")?;
+            .doing(ACTION)?;
+        tx.commit().await.doing(ACTION)?;
         Ok(rows
             .iter()
             .map(|r| AccountSummary {
@@ -255,11 +503,14 @@ impl PostgresStore {
         &self,
         opened_since: Option<Timestamp>,
     ) -> Result<Vec<AccountStatus>, StoreError> {
-        let rows = sqlx::query(ACCOUNT_STATUS_SQL)
+        const ACTION: &str = "reading each account's status";
+        let mut tx = self.pool.begin().await.doing(ACTION)?;
+        let rows = q(ACCOUNT_STATUS_SQL)
             .bind(opened_since.map(tz))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await
-            .doing("reading each account's status")?;
+            .doing(ACTION)?;
+        tx.commit().await.doing(ACTION)?;
         Ok(rows
             .iter()
             .map(|r| AccountStatus {
@@ -278,65 +529,92 @@ impl PostgresStore {
             .collect())
     }
 
+    /// Streams the rows from a task that owns the read's transaction (a stream that borrowed
+    /// it could not be returned); a consumer that stops reading ends the task, and the
+    /// transaction with it. The channel bounds how many rows wait in memory.
     pub fn export_history(
         &self,
         since: Timestamp,
         customer: Option<i64>,
     ) -> BoxStream<'_, Result<HistoryRow, StoreError>> {
-        sqlx::query(EXPORT_SQL)
-            .bind(tz(since))
-            .bind(customer)
-            .fetch(&self.pool)
-            .map(|row| {
-                row.and_then(|r| history_row(&r))
-                    .doing("reading session_history")
-            })
-            .boxed()
+        const ACTION: &str = "reading session_history";
+        let (rows, receiver) = tokio::sync::mpsc::channel(1024);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut tx = match pool.begin().await.doing(ACTION) {
+                Ok(tx) => tx,
+                Err(e) => {
+                    let _ = rows.send(Err(e)).await;
+                    return;
+                }
+            };
+            let mut read = q(EXPORT_SQL).bind(tz(since)).bind(customer).fetch(&mut *tx);
+            while let Some(row) = read.next().await {
+                let row = row.and_then(|r| history_row(&r)).doing(ACTION);
+                if rows.send(row).await.is_err() {
+                    break;
+                }
+            }
+        });
+        futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|row| (row, receiver))
+        })
+        .boxed()
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
 
-    /// The pool, for tests and for read-only commands.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+/// A claim held on one account by this process; see `super::Claim`.
+pub struct PostgresClaim {
+    pool: PgPool,
+    account: AccountId,
+    fence: Fence,
+}
+
+/// Extends the lease if the claim is still this run's and has not lapsed: the same check as
+/// the apply's fence. `$3` is the lease in milliseconds.
+const RENEW_SQL: &str = "\
+    UPDATE account_claims SET expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
+    WHERE account_id = $1 AND term = $2 AND expires_at > clock_timestamp()";
+
+impl PostgresClaim {
+    pub fn fence(&self) -> Fence {
+        self.fence
     }
-}
 
-/// The advisory lock key of an account: a fixed namespace ("sess" in ASCII) and the id's low
-/// 32 bits (ids are identity values, far below 2^31).
-fn lock_key(account: AccountId) -> (i32, i32) {
-    (0x7365_7373, account.0 as i32)
-}
+    /// `Ok(false)`: the claim is lost (its lease lapsed, or another run took the account).
+    pub async fn renew(&self) -> Result<bool, StoreError> {
+        const ACTION: &str = "renewing the claim on the account";
+        let mut tx = self.pool.begin().await.doing(ACTION)?;
+        let renewed = q(RENEW_SQL)
+            .bind(self.account.0)
+            .bind(self.fence.term)
+            .bind(millis(self.fence.lease))
+            .execute(&mut *tx)
+            .await
+            .doing(ACTION)?
+            .rows_affected();
+        tx.commit().await.doing(ACTION)?;
+        Ok(renewed == 1)
+    }
 
-/// An account claimed by this process; see `Store::lock_account`.
-pub struct PostgresAccountLock {
-    conn: Option<PoolConnection<Postgres>>,
-    key: (i32, i32),
-}
-
-impl PostgresAccountLock {
-    pub async fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1, $2)")
-                .bind(self.key.0)
-                .bind(self.key.1)
-                .execute(&mut *conn)
-                .await;
-            if unlocked.is_err() {
-                conn.close_on_drop();
-            }
+    pub async fn release(self) {
+        let released = async {
+            let mut tx = self.pool.begin().await?;
+            q("UPDATE account_claims SET expires_at = clock_timestamp() \
+               WHERE account_id = $1 AND term = $2")
+            .bind(self.account.0)
+            .bind(self.fence.term)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
         }
-    }
-}
-
-impl Drop for PostgresAccountLock {
-    /// Not released (the run was cut short): closing the connection ends its session, which
-    /// releases the lock in the server.
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.as_mut() {
-            conn.close_on_drop();
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, lease_secs = self.fence.lease.as_secs(), "could not release the claim on the account; it lapses by itself");
         }
     }
 }
@@ -349,9 +627,9 @@ async fn finish_unapplied(
     error: &str,
     counts: ReadCounts,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    q(
         "UPDATE sync_runs SET status = $1, finished_at = $2, error = $3, rows_read = $4, \
-         rows_rejected = $5 WHERE id = $6 AND status = 'running'",
+       rows_rejected = $5 WHERE id = $6 AND status = 'running'",
     )
     .bind(status.as_str())
     .bind(tz(finished_at))
@@ -365,9 +643,12 @@ async fn finish_unapplied(
     Ok(())
 }
 
-/// One run's snapshot, staged in the connection's temporary tables.
+/// One run's snapshot, staged in temporary tables inside the transaction that will apply it
+/// (through a pooler nothing outlives a transaction). Dropping it rolls everything back.
 pub struct PostgresStaging {
-    conn: PoolConnection<Postgres>,
+    tx: Transaction<'static, Postgres>,
+    /// For the statistics refresh after the commit.
+    pool: PgPool,
     /// Rows in COPY's binary format (no text parsing on the server, which would cost more
     /// than the insert itself): `source`, `created_at`, `expires_at`.
     copy: Vec<u8>,
@@ -416,9 +697,10 @@ impl PostgresStaging {
         // The trailer: a field count of -1.
         rows.extend_from_slice(&(-1i16).to_be_bytes());
         let mut copy = self
-            .conn
+            .tx
             .copy_in_raw(
-                "COPY staging_sessions (source, created_at, expires_at) FROM STDIN (FORMAT binary)",
+                "COPY session_sync_staged (source, created_at, expires_at) \
+                 FROM STDIN (FORMAT binary)",
             )
             .await
             .doing("staging the snapshot")?;
@@ -448,84 +730,91 @@ impl PostgresStaging {
             .iter()
             .map(|r| r.listed_number.as_ref().map(|n| n.as_str()))
             .collect();
-        sqlx::query(
-            "INSERT INTO staging_rejected (line_number, raw_record, reason, listed_source) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[])",
+        q(
+            "INSERT INTO session_sync_rejected (line_number, raw_record, reason, listed_source) \
+           SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[])",
         )
         .bind(&lines)
         .bind(&raws)
         .bind(&reasons)
         .bind(&listed)
-        .execute(&mut *self.conn)
+        .execute(&mut *self.tx)
         .await
         .doing("staging rejected records")?;
         self.rejected.clear();
         Ok(())
     }
 
+    /// Applies the snapshot and commits. No statement's plan may cost the square of the
+    /// snapshot, whatever the table statistics say (they lag behind after a first load, a new
+    /// account or a mass closure): the close step may not use a nested loop, the re-open step
+    /// must (driven by the snapshot, probing the primary key), and after an apply that
+    /// changed much the statistics of `sessions` are refreshed at once
+    /// (`super::statistics_may_be_stale`) rather than when autovacuum gets to it.
     pub async fn apply(mut self, p: ApplyParams) -> Result<ApplyCounts, StoreError> {
-        let result = self.apply_inner(p).await;
-        self.finish(result.is_ok()).await;
-        result
-    }
-
-    async fn apply_inner(&mut self, p: ApplyParams) -> Result<ApplyCounts, StoreError> {
         self.flush_sessions().await?;
         self.flush_rejected().await?;
-        // Temporary tables are never analysed by autovacuum; without statistics the planner
-        // may pick a nested loop over a million rows.
-        sqlx::query("ANALYZE staging_sessions")
-            .execute(&mut *self.conn)
+        let tx = &mut self.tx;
+        // Temporary tables are never analysed by autovacuum: without statistics the planner
+        // would guess their size from their pages.
+        tx.execute("ANALYZE session_sync_staged, session_sync_rejected")
             .await
             .doing("analysing the staged snapshot")?;
-
-        let now = tz(p.run_started_at);
-        let mut tx = self
-            .conn
-            .begin()
+        if let Some(fence) = p.fence {
+            // From here on the transaction holds row locks another run of the account would
+            // wait for: if this process stalls, the server ends the transaction once it has
+            // been idle as long as the claim's lease, which lapses by then too.
+            tx.execute(&*format!(
+                "SET LOCAL idle_in_transaction_session_timeout = {}",
+                millis(fence.lease)
+            ))
             .await
             .doing("opening the apply transaction")?;
-        let open_before: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM sessions WHERE account_id = $1 AND closed_at IS NULL",
-        )
-        .bind(p.account.0)
-        .fetch_one(&mut *tx)
-        .await
-        .doing("counting open sessions")?;
-        let closed = sqlx::query(
-            "UPDATE sessions s SET closed_at = $1 \
+        }
+
+        let now = tz(p.run_started_at);
+        let open_before: i64 =
+            q_scalar("SELECT count(*) FROM sessions WHERE account_id = $1 AND closed_at IS NULL")
+                .bind(p.account.0)
+                .fetch_one(&mut **tx)
+                .await
+                .doing("counting open sessions")?;
+        // Hash anti-joins: a nested loop over the staged rows per open session is what the
+        // planner picks when it believes the account has next to no open sessions.
+        tx.execute("SET LOCAL enable_nestloop = off")
+            .await
+            .doing("planning the close step")?;
+        let closed = q("UPDATE sessions s SET closed_at = $1 \
              WHERE s.account_id = $2 AND s.closed_at IS NULL AND NOT EXISTS ( \
-                 SELECT 1 FROM staging_sessions t \
+                 SELECT 1 FROM session_sync_staged t \
                  WHERE t.source = s.source AND t.created_at = s.session_created_at) \
                AND NOT EXISTS ( \
-                 SELECT 1 FROM staging_rejected r WHERE r.listed_source = s.source)",
-        )
+                 SELECT 1 FROM session_sync_rejected r WHERE r.listed_source = s.source)")
         .bind(now)
         .bind(p.account.0)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .doing("closing sessions the snapshot no longer lists")?
         .rows_affected();
-        let new = sqlx::query(
-            "INSERT INTO sessions \
+        let new = q("INSERT INTO sessions \
                  (account_id, source, session_created_at, expires_at, first_seen_at) \
              SELECT $1, source, created_at, expires_at, $2 \
-             FROM staging_sessions \
+             FROM session_sync_staged \
              ORDER BY source, created_at \
-             ON CONFLICT DO NOTHING",
-        )
+             ON CONFLICT DO NOTHING")
         .bind(p.account.0)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .doing("inserting new sessions")?
         .rows_affected();
         let (staged, protected): (i64, bool) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM (SELECT DISTINCT source, created_at \
-                                           FROM staging_sessions) d), \
-                    EXISTS (SELECT 1 FROM staging_rejected WHERE listed_source IS NOT NULL)",
+                                           FROM session_sync_staged) d), \
+                    EXISTS (SELECT 1 FROM session_sync_rejected WHERE listed_source IS NOT NULL)",
         )
-        .fetch_one(&mut *tx)
+        .persistent(false)
+        .fetch_one(&mut **tx)
         .await
         .doing("counting the staged snapshot")?;
         let reopened = if super::reopen_may_be_needed(
@@ -537,32 +826,32 @@ impl PostgresStaging {
         ) {
             // Driven by the snapshot (a primary-key probe per staged row), never by the
             // account's closed history, which only grows: hash and merge joins would scan it.
-            (&mut *tx)
-                .execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-                .await
-                .doing("planning the re-open step")?;
-            let reopened = sqlx::query(
-                "UPDATE sessions s SET closed_at = NULL FROM staging_sessions t \
-                 WHERE s.account_id = $1 AND s.closed_at IS NOT NULL \
-                   AND s.source = t.source AND s.session_created_at = t.created_at",
+            tx.execute(
+                "SET LOCAL enable_nestloop = on; SET LOCAL enable_hashjoin = off; \
+                 SET LOCAL enable_mergejoin = off",
+            )
+            .await
+            .doing("planning the re-open step")?;
+            q(
+                "UPDATE sessions s SET closed_at = NULL FROM session_sync_staged t \
+               WHERE s.account_id = $1 AND s.closed_at IS NOT NULL \
+                 AND s.source = t.source AND s.session_created_at = t.created_at",
             )
             .bind(p.account.0)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .doing("re-opening sessions listed again")?
-            .rows_affected();
-            // SET LOCAL ends with the transaction; the statements left are trivial.
-            reopened
+            .rows_affected()
         } else {
             0
         };
-        sqlx::query(
+        q(
             "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
-             SELECT $1, line_number, raw_record, reason FROM staging_rejected \
-             ORDER BY line_number",
+           SELECT $1, line_number, raw_record, reason FROM session_sync_rejected \
+           ORDER BY line_number",
         )
         .bind(p.run.0)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .doing("recording rejected records")?;
         let counts = ApplyCounts {
@@ -571,7 +860,25 @@ impl PostgresStaging {
             sessions_closed: closed,
             sessions_open: (open_before as u64 + new + reopened).saturating_sub(closed),
         };
-        let marked = sqlx::query(
+        if let Some(fence) = p.fence {
+            // The fence: under the claim row's lock until the commit, so nobody can take the
+            // account over between this check and the commit.
+            let held = q(RENEW_SQL)
+                .bind(p.account.0)
+                .bind(fence.term)
+                .bind(millis(fence.lease))
+                .execute(&mut **tx)
+                .await
+                .doing("checking the claim on the account")?
+                .rows_affected();
+            if held != 1 {
+                return Err(StoreError::new(
+                    "checking the claim on the account",
+                    Cause::ClaimLost,
+                ));
+            }
+        }
+        let marked = q(
             "UPDATE sync_runs SET status = 'succeeded', finished_at = $1, rows_read = $2, \
                  rows_rejected = $3, sessions_new = $4, sessions_reopened = $5, \
                  sessions_closed = $6, error = NULL \
@@ -584,20 +891,24 @@ impl PostgresStaging {
         .bind(counts.sessions_reopened as i64)
         .bind(counts.sessions_closed as i64)
         .bind(p.run.0)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await
         .doing("marking the run succeeded")?
         .rows_affected();
         if marked != 1 {
-            return Err(StoreError {
-                action: "marking the run succeeded (it is no longer 'running': another process marked it abandoned)",
-                source: sqlx::Error::RowNotFound,
-            });
+            return Err(StoreError::wrap(
+                "marking the run succeeded (it is no longer 'running': another process marked it abandoned)",
+            )(sqlx::Error::RowNotFound));
         }
-        tx.commit().await.doing("committing the snapshot")?;
+        self.tx.commit().await.doing("committing the snapshot")?;
+        if super::statistics_may_be_stale(open_before as u64, &counts) {
+            refresh_statistics(&self.pool).await;
+        }
         Ok(counts)
     }
 
+    /// In the staging transaction: stores the rejected records and marks the run `failed`
+    /// (or `abandoned`). No session changes.
     pub async fn fail(
         mut self,
         run: RunId,
@@ -606,44 +917,40 @@ impl PostgresStaging {
         error: &str,
         counts: ReadCounts,
     ) -> Result<(), StoreError> {
-        let result = self
-            .fail_inner(run, status, finished_at, error, counts)
-            .await;
-        self.finish(result.is_ok()).await;
-        result
-    }
-
-    async fn fail_inner(
-        &mut self,
-        run: RunId,
-        status: RunStatus,
-        finished_at: Timestamp,
-        error: &str,
-        counts: ReadCounts,
-    ) -> Result<(), StoreError> {
         self.flush_rejected().await?;
-        let mut tx = self.conn.begin().await.doing("recording the failure")?;
-        sqlx::query(
+        q(
             "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
-             SELECT $1, line_number, raw_record, reason FROM staging_rejected \
-             ORDER BY line_number",
+           SELECT $1, line_number, raw_record, reason FROM session_sync_rejected \
+           ORDER BY line_number",
         )
         .bind(run.0)
-        .execute(&mut *tx)
+        .execute(&mut *self.tx)
         .await
         .doing("recording rejected records")?;
-        finish_unapplied(&mut tx, run, status, finished_at, error, counts).await?;
-        tx.commit().await.doing("recording the failure")
+        finish_unapplied(&mut self.tx, run, status, finished_at, error, counts).await?;
+        self.tx.commit().await.doing("recording the failure")
     }
+}
 
-    /// Empties the staging tables so the pooled connection does not keep the snapshot; a
-    /// connection that failed is closed instead of being reused.
-    async fn finish(mut self, ok: bool) {
-        let emptied = sqlx::query("TRUNCATE staging_sessions, staging_rejected")
-            .execute(&mut *self.conn)
-            .await;
-        if !ok || emptied.is_err() {
-            self.conn.close_on_drop();
+/// `ANALYZE sessions`, after an apply that changed much of an account's history (see
+/// `super::statistics_may_be_stale`). Outside the apply's transaction, so its lock is held
+/// only while it runs; `SKIP_LOCKED` leaves it to whoever is analysing the table already
+/// (autovacuum, another instance). It samples a fixed number of rows, so it costs about the
+/// same on a large table as on a small one. A role that does not own the table gets a warning
+/// from the server and nothing else: the plans still cannot go quadratic, they may just be
+/// less well chosen.
+async fn refresh_statistics(pool: &PgPool) {
+    let analysed = async {
+        let mut tx = pool.begin().await?;
+        tx.execute("SET LOCAL client_min_messages = error; ANALYZE (SKIP_LOCKED) sessions")
+            .await?;
+        tx.commit().await
+    }
+    .await;
+    match analysed {
+        Ok(()) => tracing::debug!("refreshed the planner statistics of sessions"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not refresh the planner statistics of sessions")
         }
     }
 }

@@ -108,15 +108,16 @@ fn claim_file(database: &std::path::Path) -> Result<Option<std::fs::File>, Store
         .doing("opening the SQLite instance lock file")?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError {
-            action: "claiming the SQLite database (another session-sync process is using it; \
-                     a SQLite file belongs to one process: stop the other one, or use PostgreSQL \
-                     to run several)",
-            source: sqlx::Error::Io(std::io::Error::new(
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StoreError::wrap(
+                "claiming the SQLite database (another session-sync process is using it; \
+             a SQLite file belongs to one process: stop the other one, or use PostgreSQL \
+             to run several)",
+            )(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::WouldBlock,
                 format!("{} is locked", std::path::Path::new(&path).display()),
-            )),
-        }),
+            ))))
+        }
         Err(std::fs::TryLockError::Error(e)) => {
             Err(sqlx::Error::Io(e)).doing("locking the SQLite instance lock file")
         }
@@ -610,10 +611,9 @@ impl SqliteStaging {
         .doing("marking the run succeeded")?
         .rows_affected();
         if marked != 1 {
-            return Err(StoreError {
-                action: "marking the run succeeded (it is no longer 'running': another process marked it abandoned)",
-                source: sqlx::Error::RowNotFound,
-            });
+            return Err(StoreError::wrap(
+                "marking the run succeeded (it is no longer 'running': another process marked it abandoned)",
+            )(sqlx::Error::RowNotFound));
         }
         tx.commit().await.doing("committing the snapshot")?;
         Ok(counts)

@@ -490,7 +490,8 @@ async fn answer(db: &TestDb, sql: &str) -> Vec<Vec<String>> {
             })
             .collect(),
         Backend::Postgres => {
-            let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&db.url).await.unwrap();
+            let mut conn: sqlx::PgConnection =
+                sqlx::Connection::connect(&db.direct_url).await.unwrap();
             sqlx::query("SET TIME ZONE 'America/Sao_Paulo'")
                 .execute(&mut conn)
                 .await
@@ -625,7 +626,7 @@ async fn postgres_finds_a_period_s_sessions_through_the_index_on_session_created
         .unwrap();
     // 100 days of sessions, 2,000 a day, written in about the order they open, as syncs
     // write them: the planner's choice depends on the table's size and order.
-    let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&h.db.url).await.unwrap();
+    let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&h.db.direct_url).await.unwrap();
     sqlx::query(&format!(
         "INSERT INTO sessions (account_id, source, session_created_at, expires_at, first_seen_at) \
          SELECT {}, '55119' || lpad(k::text, 8, '0'), t, t + interval '24 hours', t \

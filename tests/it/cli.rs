@@ -123,7 +123,7 @@ pub(crate) async fn stop_daemon(child: tokio::process::Child) {
     assert_eq!(output.status.code(), Some(0));
 }
 
-fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("session-sync.toml");
     std::fs::write(&path, text).unwrap();
     path

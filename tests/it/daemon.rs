@@ -126,7 +126,7 @@ async fn shutdown_abandons_a_run_that_outlasts_the_grace_period(backend: Backend
         h.vendor
             .push_api_fault((42, None), ApiFault::Delay(Duration::from_secs(30)));
     }
-    let took = run_daemon_until(&h, a_run_is_running(h.db.url.clone(), backend)).await;
+    let took = run_daemon_until(&h, a_run_is_running(h.db.direct_url.clone(), backend)).await;
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     let runs = h.db.runs().await;
     assert_eq!(runs.len(), 1, "{runs:#?}");
@@ -148,7 +148,7 @@ async fn shutdown_lets_a_running_run_finish_within_the_grace_period(backend: Bac
         .set_sessions((42, None), &sessions(&[("5519900000001", T1)]));
     h.vendor
         .push_api_fault((42, None), ApiFault::Delay(Duration::from_millis(1500)));
-    run_daemon_until(&h, a_run_is_running(h.db.url.clone(), backend)).await;
+    run_daemon_until(&h, a_run_is_running(h.db.direct_url.clone(), backend)).await;
     let runs = h.db.runs().await;
     assert_eq!(
         runs.len(),

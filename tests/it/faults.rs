@@ -150,7 +150,7 @@ async fn the_daemon_recovers_from_postgres_dropping_its_connections_at_the_next_
     let h = Harness::with(Backend::Postgres, "[schedule]\ncron = \"* * * * * *\"\n").await;
     h.vendor
         .set_sessions((42, None), &sessions(&[("5519900000001", T1)]));
-    let url = h.db.url.clone();
+    let url = h.db.direct_url.clone();
     let succeeded = |db: TestDb| async move {
         db.runs()
             .await

@@ -15,6 +15,9 @@ pub const TOKEN: &str = "tok-3f9a8c77-very-secret";
 
 /// The environment variable naming a PostgreSQL server the tests may create databases on.
 pub const PG_ENV: &str = "SESSION_SYNC_TEST_POSTGRES_URL";
+/// The same server through a transaction-mode PgBouncer (scripts/with-postgres starts one):
+/// when set, session-sync reaches every test database through it, as production often does.
+pub const PGBOUNCER_ENV: &str = "SESSION_SYNC_TEST_PGBOUNCER_URL";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -43,12 +46,24 @@ macro_rules! on_both_backends {
     };
 }
 
-/// Whether PostgreSQL tests can run. Under `CI=true` a missing server is a failure, not a skip.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Whether PostgreSQL tests can run. Under `CI=true` a missing server (or a missing PgBouncer
+/// in front of it) is a failure, not a skip.
 pub fn postgres_available() -> bool {
-    if std::env::var(PG_ENV).is_ok_and(|v| !v.is_empty()) {
+    if env(PG_ENV).is_some() {
+        if in_ci() && env(PGBOUNCER_ENV).is_none() {
+            panic!("CI=true but {PGBOUNCER_ENV} is not set: in CI the PostgreSQL tests run through PgBouncer (use scripts/test)");
+        }
         return true;
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if in_ci() {
         panic!("CI=true but {PG_ENV} is not set: the PostgreSQL tests must run in CI (use scripts/test)");
     }
     eprintln!("skipping a PostgreSQL test: {PG_ENV} is not set (scripts/test starts a server)");
@@ -58,7 +73,10 @@ pub fn postgres_available() -> bool {
 /// A fresh, empty database.
 pub struct TestDb {
     pub backend: Backend,
+    /// What session-sync is given: on PostgreSQL, through PgBouncer when there is one.
     pub url: String,
+    /// The server itself, for the tests' own reads and for what a pooler cannot do.
+    pub direct_url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -70,6 +88,7 @@ impl TestDb {
                 let url = format!("sqlite://{}", dir.path().join("history.db").display());
                 TestDb {
                     backend,
+                    direct_url: url.clone(),
                     url,
                     _dir: Some(dir),
                 }
@@ -84,11 +103,15 @@ impl TestDb {
                     .execute(&mut conn)
                     .await
                     .unwrap();
-                let mut url = url::Url::parse(&admin).unwrap();
-                url.set_path(&name);
+                let on = |server: &str| {
+                    let mut url = url::Url::parse(server).unwrap();
+                    url.set_path(&name);
+                    url.to_string()
+                };
                 TestDb {
                     backend,
-                    url: url.to_string(),
+                    url: on(&env(PGBOUNCER_ENV).unwrap_or_else(|| admin.clone())),
+                    direct_url: on(&admin),
                     _dir: None,
                 }
             }
@@ -105,6 +128,7 @@ impl TestDb {
         TestDb {
             backend,
             url: url.to_owned(),
+            direct_url: url.to_owned(),
             _dir: None,
         }
     }
@@ -144,7 +168,7 @@ impl TestDb {
         match self.backend {
             Backend::Sqlite => {
                 let mut conn: sqlx::SqliteConnection =
-                    sqlx::Connection::connect(&self.url).await.unwrap();
+                    sqlx::Connection::connect(&self.direct_url).await.unwrap();
                 let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
                 rows.iter()
                     .map(|r| (0..r.len()).map(|i| text(r, i)).collect())
@@ -152,7 +176,7 @@ impl TestDb {
             }
             Backend::Postgres => {
                 let mut conn: sqlx::PgConnection =
-                    sqlx::Connection::connect(&self.url).await.unwrap();
+                    sqlx::Connection::connect(&self.direct_url).await.unwrap();
                 let rows = sqlx::query(sql).fetch_all(&mut conn).await.unwrap();
                 rows.iter()
                     .map(|r| (0..r.len()).map(|i| text(r, i)).collect())
@@ -165,12 +189,12 @@ impl TestDb {
         match self.backend {
             Backend::Sqlite => {
                 let mut conn: sqlx::SqliteConnection =
-                    sqlx::Connection::connect(&self.url).await.unwrap();
+                    sqlx::Connection::connect(&self.direct_url).await.unwrap();
                 sqlx::query(sql).execute(&mut conn).await.unwrap();
             }
             Backend::Postgres => {
                 let mut conn: sqlx::PgConnection =
-                    sqlx::Connection::connect(&self.url).await.unwrap();
+                    sqlx::Connection::connect(&self.direct_url).await.unwrap();
                 sqlx::query(sql).execute(&mut conn).await.unwrap();
             }
         }

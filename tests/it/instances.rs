@@ -5,11 +5,8 @@ use tokio::process::Command;
 
 use crate::helpers::{config_text, postgres_available, sessions, Backend, Harness};
 
-/// The advisory lock key session-sync uses for an account (see store/postgres.rs).
-const LOCK_NAMESPACE: i32 = 0x7365_7373;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_account_another_instance_is_syncing_is_skipped_on_postgres() {
+async fn an_account_another_instance_has_claimed_is_skipped_on_postgres() {
     if !postgres_available() {
         return;
     }
@@ -18,28 +15,43 @@ async fn an_account_another_instance_is_syncing_is_skipped_on_postgres() {
         (42, None),
         &sessions(&[("5519900000001", "2026-11-20T10:00:00Z")]),
     );
-    // Another instance holds the account.
-    let mut other: sqlx::PgConnection = sqlx::Connection::connect(&h.db.url).await.unwrap();
-    sqlx::query("SELECT pg_advisory_lock($1, $2)")
-        .bind(LOCK_NAMESPACE)
-        .bind(h.accounts[0].id.0 as i32)
-        .execute(&mut other)
-        .await
-        .unwrap();
+    // Another instance holds the account, as its claim statement would leave the row.
+    h.db.execute(
+        "UPDATE account_claims SET term = term + 1, holder = 'other-host:4242', \
+         tick = now(), claimed_at = now(), expires_at = now() + interval '1 hour'",
+    )
+    .await;
     let err = h.sync(0).await.unwrap_err();
     assert!(err.is_skip(), "{err}");
+    assert!(err.cause.contains("other-host:4242"), "{err}");
     assert!(
         h.db.runs().await.is_empty(),
         "a skipped account records no run"
     );
     assert_eq!(h.vendor.requests().len(), 0);
 
-    drop(other); // its session ends, and the lock with it
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Its lease lapses (it was killed, say): the account is free again.
+    h.db.execute("UPDATE account_claims SET expires_at = now()")
+        .await;
     h.sync(0).await.unwrap();
-    // The lock is released after a run: the next one claims it again.
+    // A run releases its claim when it ends: the next one claims it again.
     h.sync(0).await.unwrap();
     assert_eq!(h.db.runs().await.len(), 2);
+    let claims =
+        h.db.rows("SELECT term, holder, expires_at <= now() FROM account_claims")
+            .await;
+    assert_eq!(claims.len(), 1);
+    assert_eq!(
+        claims[0][0].as_deref(),
+        Some("3"),
+        "two claims after the other's: {claims:?}"
+    );
+    assert_eq!(claims[0][2].as_deref(), Some("1"), "released: {claims:?}");
+    let holder = claims[0][1].clone().unwrap();
+    assert!(
+        holder.ends_with(&format!(":{}", std::process::id())),
+        "the holder names this process: {holder}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

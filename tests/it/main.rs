@@ -22,3 +22,4 @@ mod rejected;
 mod request;
 mod status;
 mod systemd;
+mod tls;
