@@ -237,7 +237,9 @@ impl PostgresStore {
     /// other instead of applying a migration twice, and it works through a transaction-mode
     /// pooler (sqlx's own migrator holds a session-level lock, which a pooler cannot keep).
     /// The bookkeeping is sqlx's `_sqlx_migrations` table, so databases migrated by earlier
-    /// versions carry on; an applied migration whose text changed is refused.
+    /// versions carry on; an applied migration whose text changed is refused. When nothing is
+    /// pending, only reading `_sqlx_migrations` is needed, so a role that does not own the
+    /// tables can run session-sync once their owner has migrated them.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         const ACTION: &str = "applying PostgreSQL migrations";
         let migrator = sqlx::migrate!("./migrations/postgres");
@@ -248,20 +250,28 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await
             .doing(ACTION)?;
-        (&mut *tx)
-            .execute(
-                "SET LOCAL client_min_messages = warning;
-                 CREATE TABLE IF NOT EXISTS _sqlx_migrations (
-                     version BIGINT PRIMARY KEY,
-                     description TEXT NOT NULL,
-                     installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
-                     success BOOLEAN NOT NULL,
-                     checksum BYTEA NOT NULL,
-                     execution_time BIGINT NOT NULL
-                 );",
-            )
+        // Created only if missing: CREATE TABLE IF NOT EXISTS would need the right to create
+        // in the schema even when the table is there, which a role that only reads and
+        // writes the tables (migrated by their owner) does not have.
+        let bookkeeping: bool = q_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&mut *tx)
             .await
             .doing(ACTION)?;
+        if !bookkeeping {
+            (&mut *tx)
+                .execute(
+                    "CREATE TABLE _sqlx_migrations (
+                         version BIGINT PRIMARY KEY,
+                         description TEXT NOT NULL,
+                         installed_on TIMESTAMPTZ NOT NULL DEFAULT now(),
+                         success BOOLEAN NOT NULL,
+                         checksum BYTEA NOT NULL,
+                         execution_time BIGINT NOT NULL
+                     )",
+                )
+                .await
+                .doing(ACTION)?;
+        }
         let applied: Vec<(i64, Vec<u8>, bool)> =
             sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations")
                 .persistent(false)

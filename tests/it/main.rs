@@ -16,6 +16,7 @@ mod export;
 mod faults;
 mod instances;
 mod metrics;
+mod plans;
 mod properties;
 mod readme;
 mod rejected;
