@@ -1,7 +1,9 @@
 //! `kill -9` at random moments of a real `session-sync sync`: before the download,
 //! mid-stream, mid-apply, just before commit. After every kill the history must be exactly
 //! what the last successful run left (never part of a snapshot); the next run must mark the
-//! killed one `abandoned` and succeed.
+//! killed one `abandoned` and succeed. On PostgreSQL a run killed mid-run leaves its claim on
+//! the account until its lease lapses (`claim_lease_secs`, 3 s here): the next run is skipped
+//! until then, and must get the account within the lease.
 //!
 //! Opt-in locally (`SESSION_SYNC_CRASH_TEST=1`), always on under `CI=true`: it takes minutes.
 //! `SESSION_SYNC_CRASH_KILLS` sets the number of kills (default 50).
@@ -51,16 +53,33 @@ fn as_stored(snapshot: &[(String, String)]) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-async fn sync(config: &std::path::Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_session-sync"))
-        .arg("sync")
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap()
+const LEASE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `session-sync sync`, again while the account is skipped (a killed run's claim has not
+/// lapsed yet), for at most the lease and a margin: the output, and how long the account was
+/// held.
+async fn sync(config: &std::path::Path) -> (std::process::Output, std::time::Duration) {
+    let started = Instant::now();
+    loop {
+        let output = Command::new(env!("CARGO_BIN_EXE_session-sync"))
+            .arg("sync")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        let held = started.elapsed();
+        if !String::from_utf8_lossy(&output.stdout).contains("skipped") {
+            return (output, held);
+        }
+        assert!(
+            held < LEASE + std::time::Duration::from_secs(3),
+            "the killed run's claim outlived its lease"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 async fn killed_at_random_moments_the_history_stays_whole(backend: Backend) {
@@ -82,19 +101,27 @@ async fn killed_at_random_moments_the_history_stays_whole(backend: Backend) {
     let config = dir.path().join("crash.toml");
     std::fs::write(
         &config,
-        config_text(&vendor, &db, "[[accounts]]\ncustomer_id = 42\n"),
+        config_text(
+            &vendor,
+            &db,
+            &format!(
+                "[sync]\nclaim_lease_secs = {}\n[[accounts]]\ncustomer_id = 42\n",
+                LEASE.as_secs()
+            ),
+        ),
     )
     .unwrap();
 
     // A first, complete sync: the baseline, and how long a whole run takes here.
     vendor.set_sessions((42, None), &snapshot(0));
     let started = Instant::now();
-    assert!(sync(&config).await.status.success());
+    assert!(sync(&config).await.0.status.success());
     let full_run = started.elapsed();
     let mut committed = as_stored(&snapshot(0));
     assert_eq!(open_set(&db.sessions().await), committed);
 
     let (mut abandoned, mut completed_anyway) = (0, 0);
+    let mut longest_hold = std::time::Duration::ZERO;
     for generation in 1..=kills {
         let next = snapshot(generation);
         vendor.set_sessions((42, None), &next);
@@ -128,7 +155,8 @@ async fn killed_at_random_moments_the_history_stays_whole(backend: Backend) {
         let killed_mid_run = db.runs().await.iter().any(|r| r.status == "running");
 
         // The next run succeeds, and marks the killed one abandoned.
-        let output = sync(&config).await;
+        let (output, held) = sync(&config).await;
+        longest_hold = longest_hold.max(held);
         assert!(
             output.status.success(),
             "the run after kill {generation} failed: {}",
@@ -145,7 +173,8 @@ async fn killed_at_random_moments_the_history_stays_whole(backend: Backend) {
     }
     eprintln!(
         "crash test ({backend:?}): {kills} kills survived; {abandoned} left a run to abandon, \
-         {completed_anyway} came after the commit; a whole run took {full_run:?}"
+         {completed_anyway} came after the commit; a whole run took {full_run:?}; the next run \
+         got the account within {longest_hold:?} at worst"
     );
     assert!(
         abandoned > 0,

@@ -8,6 +8,7 @@ mod helpers;
 
 mod analysts;
 mod apply;
+mod claims;
 mod cli;
 mod crash;
 mod daemon;
