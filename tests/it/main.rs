@@ -8,14 +8,17 @@ mod helpers;
 
 mod analysts;
 mod apply;
+mod careless;
 mod cli;
 mod crash;
 mod daemon;
 mod download;
 mod export;
+mod fake;
 mod faults;
 mod instances;
 mod metrics;
+mod odd_answers;
 mod properties;
 mod readme;
 mod rejected;
