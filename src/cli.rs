@@ -124,7 +124,8 @@ fn report_load(loaded: Result<Config, crate::config::ConfigError>) -> Result<Con
 }
 
 fn fatal(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    // Each cause once, cleaned like any text that may quote the outside.
+    eprintln!("error: {}", crate::redact::chain(e.as_ref()));
     ExitCode::from(EXIT_FAILED)
 }
 

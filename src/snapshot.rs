@@ -41,9 +41,10 @@ pub enum SnapshotError {
     QuoteAcrossLines { line: u64 },
     #[error("line {line} is longer than {MAX_LINE_BYTES} bytes: not a session CSV")]
     LineTooLong { line: u64 },
-    #[error("reading the file failed: {0}")]
+    // The step ("reading the file") is named by the caller; these say only what broke.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("reading the file failed: {0}")]
+    #[error(transparent)]
     Csv(#[from] csv_async::Error),
 }
 
