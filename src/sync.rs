@@ -175,7 +175,7 @@ pub async fn sync_account(
     let clock = Instant::now();
     let claim = ctx.store.lock_account(account.id).await;
     let result = match claim {
-        Err(e) => Err(early(Step::Claim, e.to_string())),
+        Err(e) => Err(early(Step::Claim, crate::redact::chain(&e))),
         Ok(None) => {
             tracing::debug!("{SKIPPED}");
             Err(early(Step::Claim, SKIPPED.to_owned()))
@@ -216,7 +216,7 @@ async fn claimed_run(
         .map_err(|e| SyncError {
             account: account.label.clone(),
             step: Step::StartRun,
-            cause: e.to_string(),
+            cause: crate::redact::chain(&e),
             run: None,
             counts: ReadCounts::default(),
         })?;
@@ -257,26 +257,62 @@ async fn claimed_run(
             } else {
                 RunStatus::Failed
             };
-            let message = format!("{}: {}", failure.step, failure.cause);
+            // The cause may quote the vendor, a parser or a driver: cleaned once, here, for
+            // sync_runs.error, the log line and the caller alike.
+            let cause = crate::redact::Redactor::for_account(&account.config).clean(&failure.cause);
+            let message = format!("{}: {}", failure.step, cause);
             record_failure(ctx, run, status, &message, failure.counts, failure.staging).await;
-            tracing::error!(
-                status = if status == RunStatus::Failed { "failed" } else { "abandoned" },
-                run_id = run.0,
-                step = %failure.step,
-                error = %failure.cause,
-                rows_read = failure.counts.rows_read,
-                rows_rejected = failure.counts.rows_rejected,
-                duration_ms = clock.elapsed().as_millis() as u64,
-                "run failed"
+            log_failure(
+                status,
+                run,
+                failure.step,
+                &cause,
+                failure.counts,
+                clock.elapsed(),
             );
             Err(SyncError {
                 account: account.label.clone(),
                 step: failure.step,
-                cause: failure.cause,
+                cause,
                 run: Some(run),
                 counts: failure.counts,
             })
         }
+    }
+}
+
+/// A failed run is an ERROR; an abandoned one (a planned stop ran out of grace) is not a
+/// failure of the account, as `status` says too: a WARN.
+fn log_failure(
+    status: RunStatus,
+    run: RunId,
+    step: Step,
+    cause: &str,
+    counts: ReadCounts,
+    took: Duration,
+) {
+    let duration_ms = took.as_millis() as u64;
+    match status {
+        RunStatus::Failed => tracing::error!(
+            status = "failed",
+            run_id = run.0,
+            step = %step,
+            error = %cause,
+            rows_read = counts.rows_read,
+            rows_rejected = counts.rows_rejected,
+            duration_ms,
+            "run failed"
+        ),
+        RunStatus::Abandoned => tracing::warn!(
+            status = "abandoned",
+            run_id = run.0,
+            step = %step,
+            error = %cause,
+            rows_read = counts.rows_read,
+            rows_rejected = counts.rows_rejected,
+            duration_ms,
+            "run abandoned"
+        ),
     }
 }
 
