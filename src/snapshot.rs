@@ -4,7 +4,9 @@
 //! `origin`) and `session_created_at` in any case, with a UTF-8 BOM and spaces tolerated;
 //! `,` or `;` as delimiter (detected from the header line); CRLF or LF; quoted fields; extra
 //! columns ignored. A file without a header, or whose header lacks the two columns (an HTML
-//! error page, say), is not a snapshot: [`SnapshotReader::open`] fails and the run fails.
+//! error page, say), is not a snapshot: [`SnapshotReader::open`] fails and the run fails. So
+//! is a header with two number columns (`origem,source`, or `source` twice) or two timestamp
+//! columns: which one the vendor meant cannot be known, and guessing could close sessions.
 //!
 //! Past the header, every record is either a [`SessionKey`] or a [`Rejection`] with its
 //! 1-based line number (the header is line 1) and the reason; the caller decides whether the
@@ -37,6 +39,12 @@ pub enum SnapshotError {
     HeaderTooLong,
     #[error("the header has no {missing} column (header seen: {seen:?}): not a session CSV")]
     MissingColumns { missing: &'static str, seen: String },
+    #[error("the header is ambiguous: {columns} columns hold the {what} (header seen: {seen:?}); which one the vendor means cannot be known, so the file is refused")]
+    AmbiguousColumns {
+        what: &'static str,
+        columns: usize,
+        seen: String,
+    },
     #[error("line {line}: a quoted field runs past the end of its line (a stray quote?): the file cannot be split into records reliably")]
     QuoteAcrossLines { line: u64 },
     #[error("line {line} is longer than {MAX_LINE_BYTES} bytes: not a session CSV")]
@@ -190,22 +198,30 @@ impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
             .await
             .map_err(SnapshotError::from_csv)?
             .clone();
-        let find = |names: &[&str]| {
-            headers.iter().position(|h| {
+        let seen = || truncate_lossy(&join_fields(&headers, delimiter), 200);
+        // Exactly one column of each: with two (`origem,source`, or `source` twice) the file
+        // says two things and picking one could close sessions the other still lists.
+        let find = |names: &[&str], what: &'static str| {
+            let mut found = headers.iter().enumerate().filter(|(_, h)| {
                 let h = String::from_utf8_lossy(h);
                 let h = h.trim();
                 names.iter().any(|n| h.eq_ignore_ascii_case(n))
-            })
+            });
+            match (found.next(), found.count()) {
+                (None, _) => Err(SnapshotError::MissingColumns {
+                    missing: what,
+                    seen: seen(),
+                }),
+                (Some((i, _)), 0) => Ok(i),
+                (Some(_), more) => Err(SnapshotError::AmbiguousColumns {
+                    what,
+                    columns: more + 1,
+                    seen: seen(),
+                }),
+            }
         };
-        let seen = || truncate_lossy(&join_fields(&headers, delimiter), 200);
-        let source_idx = find(&SOURCE_NAMES).ok_or_else(|| SnapshotError::MissingColumns {
-            missing: "source (or origem/origin)",
-            seen: seen(),
-        })?;
-        let created_idx = find(&[CREATED_NAME]).ok_or_else(|| SnapshotError::MissingColumns {
-            missing: "session_created_at",
-            seen: seen(),
-        })?;
+        let source_idx = find(&SOURCE_NAMES, "source (or origem/origin)")?;
+        let created_idx = find(&[CREATED_NAME], "session_created_at")?;
         Ok(SnapshotReader {
             csv,
             record: ByteRecord::new(),
@@ -530,6 +546,25 @@ mod tests {
             read_all(&long).await,
             Err(SnapshotError::HeaderTooLong)
         ));
+    }
+
+    #[tokio::test]
+    async fn two_columns_for_the_number_or_the_time_make_the_file_ambiguous() {
+        for header in [
+            "origem,source,session_created_at",
+            "source;SOURCE;session_created_at",
+            "origin,x,source,session_created_at",
+            "source,session_created_at, Session_Created_At ",
+        ] {
+            let body = format!("{header}\n5519900000001,5519900000002,2017-12-18T17:09:31Z\n");
+            assert!(
+                matches!(
+                    read_all(body.as_bytes()).await,
+                    Err(SnapshotError::AmbiguousColumns { columns: 2, .. })
+                ),
+                "{header}"
+            );
+        }
     }
 
     #[tokio::test]
