@@ -15,6 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::timestamp::Timestamp;
+
 /// The vendor's documented host; the default must be https because credentials travel in
 /// headers (`vendor-api.md`).
 pub const DEFAULT_BASE_URL: &str = "https://api-messaging.wavy.global";
@@ -96,6 +98,7 @@ struct FileSync {
     session_window_hours: Option<u32>,
     max_download_bytes: Option<u64>,
     busy_timeout_secs: Option<u64>,
+    max_clock_skew_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,6 +186,18 @@ pub struct SyncConfig {
     /// SQLite: how long a write waits for another process's lock on the file before the run
     /// fails; default 60.
     pub busy_timeout: Duration,
+    /// How far past this host's clock a `session_created_at` may lie (the vendor's clock may
+    /// run ahead of ours) before its record is rejected as implausible; default 3600 (1 h),
+    /// at most a day. `9999-12-31` or `2099-01-01` are never a session that opened.
+    pub max_clock_skew: Duration,
+}
+
+impl SyncConfig {
+    /// The latest `session_created_at` a snapshot read at `now` may hold.
+    pub fn latest_plausible_creation(&self, now: Timestamp) -> Timestamp {
+        let skew = i64::try_from(self.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+        Timestamp::from_millis(now.as_millis().saturating_add(skew)).unwrap_or(now)
+    }
 }
 
 /// One `[[accounts]]` entry.
@@ -437,6 +452,11 @@ impl Config {
             "busy_timeout_secs = {}",
             self.sync.busy_timeout.as_secs()
         );
+        let _ = writeln!(
+            out,
+            "max_clock_skew_secs = {}",
+            self.sync.max_clock_skew.as_secs()
+        );
         let _ = writeln!(out, "[metrics]");
         match self.metrics.listen {
             Some(addr) => writeln!(out, "listen = {:?}", addr.to_string()),
@@ -656,6 +676,13 @@ fn resolve(
             "must be between 1 and 8760 (a year)",
         ));
     }
+    let max_clock_skew_secs = sync.max_clock_skew_secs.unwrap_or(3600);
+    if max_clock_skew_secs > 86_400 {
+        return Err(invalid(
+            "sync.max_clock_skew_secs",
+            "must be at most 86400 (a day)",
+        ));
+    }
     let max_download_bytes = sync.max_download_bytes.unwrap_or(4 << 30);
     if max_download_bytes == 0 {
         return Err(invalid("sync.max_download_bytes", "must be at least 1"));
@@ -680,6 +707,19 @@ fn resolve(
     let mut accounts: Vec<AccountConfig> = Vec::with_capacity(file.accounts.len());
     for (i, a) in file.accounts.into_iter().enumerate() {
         let prefix = format!("accounts[{i}].");
+        // The vendor's ids are positive; a sign slipped in is a typo, not an account.
+        if a.customer_id < 1 {
+            return Err(invalid(
+                format!("{prefix}customer_id"),
+                "must be a positive number (the vendor's customerId)",
+            ));
+        }
+        if a.sub_account_id.is_some_and(|s| s < 1) {
+            return Err(invalid(
+                format!("{prefix}sub_account_id"),
+                "must be a positive number (the vendor's subAccountId)",
+            ));
+        }
         if accounts
             .iter()
             .any(|b| b.customer_id == a.customer_id && b.sub_account_id == a.sub_account_id)
@@ -763,6 +803,7 @@ fn resolve(
             session_window_hours,
             max_download_bytes,
             busy_timeout: Duration::from_secs(sync.busy_timeout_secs.unwrap_or(60)),
+            max_clock_skew: Duration::from_secs(max_clock_skew_secs),
         },
         metrics: MetricsConfig { listen },
         accounts,
@@ -814,6 +855,7 @@ mod tests {
         assert_eq!(c.sync.session_window_hours, 24);
         assert_eq!(c.sync.max_download_bytes, 4294967296);
         assert_eq!(c.sync.csv_timezone, Tz::UTC);
+        assert_eq!(c.sync.max_clock_skew, Duration::from_secs(3600));
         assert_eq!(c.database_url.backend().unwrap(), Backend::Sqlite);
         assert_eq!(c.accounts[0].cron, "0 */5 * * * *");
         assert_eq!(c.accounts[0].sub_account_id, None);

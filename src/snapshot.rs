@@ -159,6 +159,8 @@ pub struct SnapshotReader<R> {
     created_idx: usize,
     delimiter: u8,
     tz: Tz,
+    /// Later creation times are rejected as implausible (see [`SnapshotReader::reject_after`]).
+    latest: Option<Timestamp>,
 }
 
 type HeaderThenRest<R> = LineGuard<tokio::io::Chain<std::io::Cursor<Vec<u8>>, BufReader<R>>>;
@@ -229,7 +231,16 @@ impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
             created_idx,
             delimiter,
             tz,
+            latest: None,
         })
+    }
+
+    /// Rejects records created after `latest` (this host's clock plus the tolerated skew): a
+    /// session cannot have opened in the future, and storing `9999-12-31` would count it as
+    /// opened recently for ever. The number is still listed, so its sessions stay open.
+    pub fn reject_after(mut self, latest: Timestamp) -> Self {
+        self.latest = Some(latest);
+        self
     }
 
     /// The next data record, or `None` at the end of the file.
@@ -291,6 +302,14 @@ impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
         })?;
         let created_at = parse_timestamp(created, self.tz)
             .map_err(|e| (format!("session_created_at: {e}"), Some(source)))?;
+        if self.latest.is_some_and(|latest| created_at > latest) {
+            return Err((
+                "session_created_at is in the future, beyond the clock skew tolerated \
+                 (max_clock_skew_secs): implausible"
+                    .to_owned(),
+                Some(source),
+            ));
+        }
         Ok(SessionKey { source, created_at })
     }
 }
@@ -546,6 +565,37 @@ mod tests {
             read_all(&long).await,
             Err(SnapshotError::HeaderTooLong)
         ));
+    }
+
+    #[tokio::test]
+    async fn records_created_after_the_limit_are_rejected_but_keep_their_number() {
+        let body = b"source,session_created_at\n\
+            5519900000001,2026-11-20T10:00:00.000Z\n\
+            5519900000002,2026-11-20T10:00:00.001Z\n\
+            5519900000003,9999-12-31T23:59:59Z\n";
+        let limit = Timestamp::parse_iso("2026-11-20T10:00:00.000Z").unwrap();
+        let mut r = SnapshotReader::open(&body[..], Tz::UTC)
+            .await
+            .unwrap()
+            .reject_after(limit);
+        let mut rows = Vec::new();
+        while let Some(row) = r.next_row().await.unwrap() {
+            rows.push(row);
+        }
+        assert_eq!(
+            rows[0],
+            session("5519900000001", "2026-11-20T10:00:00.000Z")
+        );
+        for (row, number) in rows[1..].iter().zip(["5519900000002", "5519900000003"]) {
+            let Row::Rejected(r) = row else {
+                panic!("{row:?}")
+            };
+            assert!(r.reason.contains("future"), "{r:?}");
+            assert_eq!(
+                r.listed_number.map(|n| n.to_string()).as_deref(),
+                Some(number)
+            );
+        }
     }
 
     #[tokio::test]

@@ -439,7 +439,8 @@ async fn stream_into(
 ) -> Result<(), (Step, String)> {
     let mut reader = SnapshotReader::open(download, settings.csv_timezone)
         .await
-        .map_err(|e| (Step::Read, e.to_string()))?;
+        .map_err(|e| (Step::Read, e.to_string()))?
+        .reject_after(settings.latest_plausible_creation(Timestamp::now()));
     while let Some(row) = reader
         .next_row()
         .await
