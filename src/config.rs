@@ -543,7 +543,25 @@ fn read_token_file(
     if token.is_empty() {
         return Err(invalid(key, format!("{} is empty", full.display())));
     }
-    Ok(SecretString::from(token.to_owned()))
+    Ok(SecretString::from(sendable(key, token)?))
+}
+
+/// A credential as it will be sent: trimmed (a secret store or `echo` adds a newline), and
+/// refused, naming `key` but never showing the value, unless it can be an HTTP header value
+/// (no control character but tab). Otherwise every run would fail at the request.
+fn sendable(key: &str, value: &str) -> Result<String, ConfigError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(invalid(key, "is empty"));
+    }
+    if reqwest::header::HeaderValue::from_str(value).is_err() {
+        return Err(invalid(
+            key,
+            "cannot be sent as an HTTP header value: it holds a control character such as a \
+             newline (the value is not shown)",
+        ));
+    }
+    Ok(value.to_owned())
 }
 
 fn resolve_token(
@@ -559,10 +577,10 @@ fn resolve_token(
             format!("{key_prefix}token"),
             "set either token or token_file, not both",
         )),
-        (Some(t), None) if t.trim().is_empty() => {
-            Err(invalid(format!("{key_prefix}token"), "is empty"))
-        }
-        (Some(t), None) => Ok(Some(SecretString::from(t))),
+        (Some(t), None) => Ok(Some(SecretString::from(sendable(
+            &format!("{key_prefix}token"),
+            &t,
+        )?))),
         (None, Some(p)) => read_token_file(
             &format!("{key_prefix}token_file"),
             p,
@@ -629,10 +647,15 @@ fn resolve(
     if max_attempts == 0 {
         return Err(invalid("api.max_attempts", "must be at least 1"));
     }
-    let default_username = env.var(ENV_USERNAME).or(api.username);
+    let default_username = match (needs, env.var(ENV_USERNAME), api.username) {
+        (CredentialNeed::Skipped, _, _) => None,
+        (_, Some(u), _) => Some(sendable(ENV_USERNAME, &u)?),
+        (_, None, Some(u)) => Some(sendable("api.username", &u)?),
+        (_, None, None) => None,
+    };
     let default_token = match env.var(ENV_TOKEN) {
         _ if needs == CredentialNeed::Skipped => None,
-        Some(t) => Some(SecretString::from(t)),
+        Some(t) => Some(SecretString::from(sendable(ENV_TOKEN, &t)?)),
         None => resolve_token(
             "api.",
             api.token,
@@ -744,6 +767,8 @@ fn resolve(
         }
         let username = a
             .username
+            .map(|u| sendable(&format!("{prefix}username"), &u))
+            .transpose()?
             .or_else(|| default_username.clone())
             .ok_or_else(|| {
                 invalid(
@@ -933,6 +958,48 @@ mod tests {
         assert_eq!(c.database_url.backend().unwrap(), Backend::Postgres);
         assert_eq!(c.accounts[0].credentials.username, "env-user");
         assert_eq!(c.accounts[0].credentials.token.expose_secret(), "env-token");
+    }
+
+    #[test]
+    fn credentials_are_trimmed_and_must_be_sendable_as_header_values() {
+        let env = MapEnv(HashMap::from([
+            ("SESSION_SYNC_USERNAME", " env-user\r\n".to_owned()),
+            ("SESSION_SYNC_TOKEN", "env-token\n".to_owned()),
+        ]));
+        let c = Config::from_toml(MINIMAL, Path::new("."), &env).unwrap();
+        assert_eq!(c.accounts[0].credentials.username, "env-user");
+        assert_eq!(c.accounts[0].credentials.token.expose_secret(), "env-token");
+        for (var, value) in [
+            ("SESSION_SYNC_TOKEN", "env\ntoken"),
+            ("SESSION_SYNC_TOKEN", "tok\u{7f}en"),
+            ("SESSION_SYNC_USERNAME", "a\u{0}b"),
+        ] {
+            let env = MapEnv(HashMap::from([(var, value.to_owned())]));
+            let e = Config::from_toml(MINIMAL, Path::new("."), &env)
+                .map(|_| format!("accepted {var}={value:?}"))
+                .unwrap_or_else(|e| e.to_string());
+            assert!(e.starts_with(var), "{e}");
+            assert!(!e.contains(value), "{e}");
+        }
+        let e = err_of(&MINIMAL.replace("s3cret-token", "s3cret\\u0007"));
+        assert!(e.starts_with("api.token"), "{e}");
+        // A tab inside is sendable; the newline around it is trimmed.
+        let c = Config::from_toml(
+            &format!("{MINIMAL}username = \"a\\tb\\n\"\n"),
+            Path::new("."),
+            &no_env(),
+        )
+        .unwrap();
+        assert_eq!(c.accounts[0].credentials.username, "a\tb");
+        // The reading commands never look at credentials.
+        let env = MapEnv(HashMap::from([(
+            "SESSION_SYNC_TOKEN",
+            "bad\ntoken".to_owned(),
+        )]));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        assert!(Config::load_database_only(&path, &env).is_ok());
     }
 
     #[test]
