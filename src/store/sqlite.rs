@@ -99,6 +99,9 @@ fn claim_file(database: &std::path::Path) -> Result<Option<std::fs::File>, Store
     }
     let mut path = database.as_os_str().to_owned();
     path.push(".lock");
+    create_private(std::path::Path::new(&path))
+        .map_err(sqlx::Error::Io)
+        .doing("creating the SQLite instance lock file")?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -123,6 +126,25 @@ fn claim_file(database: &std::path::Path) -> Result<Option<std::fs::File>, Store
     }
 }
 
+/// Creates `path` empty and readable by its owner only (0600, whatever the umask) unless it
+/// exists: the database holds phone numbers, which are personal data. SQLite gives the WAL
+/// and shared-memory files the database file's own mode. An existing file keeps its mode
+/// (an operator may have opened it to a group on purpose).
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        // The umask may have taken bits away (0400 would be unwritable): set them exactly.
+        Ok(file) => file.set_permissions(std::fs::Permissions::from_mode(0o600)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn iso(t: Timestamp) -> String {
     t.to_iso()
 }
@@ -144,12 +166,21 @@ impl SqliteStore {
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
-                std::fs::create_dir_all(dir)
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
                     .map_err(sqlx::Error::Io)
                     .doing("creating the SQLite database's directory")?;
             }
         }
         let instance = claim_file(options.get_filename())?;
+        if instance.is_some() {
+            create_private(options.get_filename())
+                .map_err(sqlx::Error::Io)
+                .doing("creating the SQLite database file")?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(2))
             .connect_with(options)
