@@ -82,12 +82,19 @@ pub struct SyncArgs {
 pub struct ExportArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Sessions created at or after this: a date (midnight UTC) or an RFC 3339 time.
+    /// Sessions created at or after this: a date (midnight UTC) or a time such as
+    /// 2026-11-01T12:00:00Z or 2026-11-01 12:00:00 (UTC when it has no offset).
     #[arg(long, value_parser = crate::export::parse_since)]
     pub since: crate::timestamp::Timestamp,
+    /// Sessions created before this (exclusive); same forms as --since.
+    #[arg(long, value_parser = crate::export::parse_since)]
+    pub until: Option<crate::timestamp::Timestamp>,
     /// Only the sessions of this customer id (all its sub-accounts).
     #[arg(long)]
     pub customer: Option<i64>,
+    /// Only this sub-account of --customer.
+    #[arg(long, requires = "customer")]
+    pub sub_account: Option<i64>,
     #[arg(long, value_enum, default_value_t = crate::export::Format::Csv)]
     pub format: crate::export::Format,
 }
@@ -155,20 +162,28 @@ pub async fn execute(command: Command) -> ExitCode {
         }
         Command::Sync(args) => sync_once(args).await,
         Command::Export(args) => {
+            if args.until.is_some_and(|until| until <= args.since) {
+                eprintln!("error: --until must be later than --since");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             let config = match load_database_only(&args.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let exported = crate::export::export(
-                &config,
-                args.since,
-                args.customer,
-                args.format,
-                tokio::io::stdout(),
-            )
-            .await;
+            let filter = crate::store::HistoryFilter {
+                since: args.since,
+                until: args.until,
+                customer: args.customer,
+                sub_account: args.sub_account,
+            };
+            let exported =
+                crate::export::export(&config, filter, args.format, tokio::io::stdout()).await;
             match exported {
                 Ok(_) => ExitCode::SUCCESS,
+                Err(crate::export::ExportError::NoSuchAccount(message)) => {
+                    eprintln!("error: {message}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
                 Err(e) => fatal(e.into()),
             }
         }

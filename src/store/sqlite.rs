@@ -18,8 +18,8 @@ use sqlx::{ConnectOptions, Connection, Executor, Row, Sqlite};
 
 use super::{
     AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Doing, FinishedRun,
-    HistoryRow, ReadCounts, RunId, RunStatus, StoreError, ABANDONED_BY_CRASH, BATCH_ROWS,
-    REJECT_BATCH_ROWS,
+    HistoryFilter, HistoryRow, ReadCounts, RunId, RunStatus, StoreError, ABANDONED_BY_CRASH,
+    BATCH_ROWS, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
 use crate::snapshot::{PhoneNumber, Rejection, SessionKey};
@@ -30,7 +30,8 @@ const EXPORT_SQL: &str = "\
     SELECT customer_id, sub_account_id, account_name, source, session_created_at, expires_at, \
         first_seen_at, last_seen_at, closed_at, is_open \
     FROM session_history \
-    WHERE session_created_at >= ?1 AND (?2 IS NULL OR customer_id = ?2) \
+    WHERE session_created_at >= ?1 AND (?2 IS NULL OR session_created_at < ?2) \
+        AND (?3 IS NULL OR customer_id = ?3) AND (?4 IS NULL OR sub_account_id = ?4) \
     ORDER BY session_created_at, customer_id, sub_account_id IS NOT NULL, sub_account_id, source";
 
 fn ts_req(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Timestamp, sqlx::Error> {
@@ -199,7 +200,9 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)
             .doing("reading the SQLite database URL")?
             .read_only(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // An export streams for as long as its reader takes: no slow statement to warn of.
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(options)
@@ -366,12 +369,13 @@ impl SqliteStore {
 
     pub fn export_history(
         &self,
-        since: Timestamp,
-        customer: Option<i64>,
+        filter: HistoryFilter,
     ) -> BoxStream<'_, Result<HistoryRow, StoreError>> {
         sqlx::query(EXPORT_SQL)
-            .bind(iso(since))
-            .bind(customer)
+            .bind(iso(filter.since))
+            .bind(filter.until.map(iso))
+            .bind(filter.customer)
+            .bind(filter.sub_account)
             .fetch(&self.pool)
             .map(|row| {
                 row.and_then(|r| history_row(&r))
