@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | 0 | done (every account synced, the daemon stopped cleanly, the config is valid) |
 //! | 1 | a sync failed (`status`: an account's latest run failed), or the database could not be reached or migrated |
-//! | 2 | the configuration is invalid (nothing was contacted) |
+//! | 2 | the configuration (or an argument: `export --customer`, `demo --database`) is refused; nothing was contacted nor changed |
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -101,9 +101,13 @@ pub struct ExportArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// The SQLite file to write (replaced if it exists).
+    /// The SQLite file to write. One the demo made before is replaced; any other existing
+    /// file is refused unless --replace is given; a database in use never is touched.
     #[arg(long, default_value = "session-sync-demo.db")]
     pub database: PathBuf,
+    /// Overwrite --database even if it is not a database the demo made (never one in use).
+    #[arg(long)]
+    pub replace: bool,
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -228,9 +232,15 @@ pub async fn execute(command: Command) -> ExitCode {
                 Err(e) => fatal(e),
             }
         }
-        Command::Demo(args) => match crate::demo::run(&args.database).await {
+        Command::Demo(args) => match crate::demo::run(&args.database, args.replace).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fatal(e),
+            Err(e) => match e.downcast_ref::<crate::demo::Refusal>() {
+                Some(crate::demo::Refusal::InUse(_)) | None => fatal(e),
+                Some(refusal) => {
+                    eprintln!("error: {refusal}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
         },
     }
 }
