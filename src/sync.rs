@@ -335,7 +335,7 @@ async fn record_failure(
         {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "could not store the rejected records of a failed run")
+                tracing::warn!(error = %crate::redact::chain(&e), "could not store the rejected records of a failed run")
             }
         }
     }
@@ -344,7 +344,7 @@ async fn record_failure(
         .finish_run_unapplied(run, status, finished_at, message, counts)
         .await
     {
-        tracing::error!(error = %e, run_id = run.0, "could not record the failed run; it stays 'running' until the next run marks it abandoned");
+        tracing::error!(error = %crate::redact::chain(&e), run_id = run.0, "could not record the failed run; it stays 'running' until the next run marks it abandoned");
     }
 }
 
