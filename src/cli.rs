@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | 0 | done (every account synced, the daemon stopped cleanly, the config is valid) |
 //! | 1 | a sync failed (`status`: an account's latest run failed), or the database could not be reached or migrated |
-//! | 2 | the configuration is invalid (nothing was contacted) |
+//! | 2 | the configuration (or an argument: `export --customer`, `demo --database`) is refused; nothing was contacted nor changed |
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -82,21 +82,32 @@ pub struct SyncArgs {
 pub struct ExportArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Sessions created at or after this: a date (midnight UTC) or an RFC 3339 time.
+    /// Sessions created at or after this: a date (midnight UTC) or a time such as
+    /// 2026-11-01T12:00:00Z or 2026-11-01 12:00:00 (UTC when it has no offset).
     #[arg(long, value_parser = crate::export::parse_since)]
     pub since: crate::timestamp::Timestamp,
+    /// Sessions created before this (exclusive); same forms as --since.
+    #[arg(long, value_parser = crate::export::parse_since)]
+    pub until: Option<crate::timestamp::Timestamp>,
     /// Only the sessions of this customer id (all its sub-accounts).
     #[arg(long)]
     pub customer: Option<i64>,
+    /// Only this sub-account of --customer.
+    #[arg(long, requires = "customer")]
+    pub sub_account: Option<i64>,
     #[arg(long, value_enum, default_value_t = crate::export::Format::Csv)]
     pub format: crate::export::Format,
 }
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// The SQLite file to write (replaced if it exists).
+    /// The SQLite file to write. One the demo made before is replaced; any other existing
+    /// file is refused unless --replace is given; a database in use never is touched.
     #[arg(long, default_value = "session-sync-demo.db")]
     pub database: PathBuf,
+    /// Overwrite --database even if it is not a database the demo made (never one in use).
+    #[arg(long)]
+    pub replace: bool,
 }
 
 const EXIT_FAILED: u8 = 1;
@@ -124,7 +135,8 @@ fn report_load(loaded: Result<Config, crate::config::ConfigError>) -> Result<Con
 }
 
 fn fatal(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    // Each cause once, cleaned like any text that may quote the outside.
+    eprintln!("error: {}", crate::redact::chain(e.as_ref()));
     ExitCode::from(EXIT_FAILED)
 }
 
@@ -154,20 +166,28 @@ pub async fn execute(command: Command) -> ExitCode {
         }
         Command::Sync(args) => sync_once(args).await,
         Command::Export(args) => {
+            if args.until.is_some_and(|until| until <= args.since) {
+                eprintln!("error: --until must be later than --since");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             let config = match load_database_only(&args.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let exported = crate::export::export(
-                &config,
-                args.since,
-                args.customer,
-                args.format,
-                tokio::io::stdout(),
-            )
-            .await;
+            let filter = crate::store::HistoryFilter {
+                since: args.since,
+                until: args.until,
+                customer: args.customer,
+                sub_account: args.sub_account,
+            };
+            let exported =
+                crate::export::export(&config, filter, args.format, tokio::io::stdout()).await;
             match exported {
                 Ok(_) => ExitCode::SUCCESS,
+                Err(crate::export::ExportError::NoSuchAccount(message)) => {
+                    eprintln!("error: {message}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
                 Err(e) => fatal(e.into()),
             }
         }
@@ -212,9 +232,15 @@ pub async fn execute(command: Command) -> ExitCode {
                 Err(e) => fatal(e),
             }
         }
-        Command::Demo(args) => match crate::demo::run(&args.database).await {
+        Command::Demo(args) => match crate::demo::run(&args.database, args.replace).await {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fatal(e),
+            Err(e) => match e.downcast_ref::<crate::demo::Refusal>() {
+                Some(crate::demo::Refusal::InUse(_)) | None => fatal(e),
+                Some(refusal) => {
+                    eprintln!("error: {refusal}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
         },
     }
 }

@@ -15,6 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::timestamp::Timestamp;
+
 /// The vendor's documented host; the default must be https because credentials travel in
 /// headers (`vendor-api.md`).
 pub const DEFAULT_BASE_URL: &str = "https://api-messaging.wavy.global";
@@ -97,6 +99,7 @@ struct FileSync {
     max_download_bytes: Option<u64>,
     busy_timeout_secs: Option<u64>,
     claim_lease_secs: Option<u64>,
+    max_clock_skew_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +192,18 @@ pub struct SyncConfig {
     /// accounts to the others after at most this long; a run paused or cut off from the
     /// database for this long loses its claim and is abandoned. Default 60.
     pub claim_lease: Duration,
+    /// How far past this host's clock a `session_created_at` may lie (the vendor's clock may
+    /// run ahead of ours) before its record is rejected as implausible; default 3600 (1 h),
+    /// at most a day. `9999-12-31` or `2099-01-01` are never a session that opened.
+    pub max_clock_skew: Duration,
+}
+
+impl SyncConfig {
+    /// The latest `session_created_at` a snapshot read at `now` may hold.
+    pub fn latest_plausible_creation(&self, now: Timestamp) -> Timestamp {
+        let skew = i64::try_from(self.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+        Timestamp::from_millis(now.as_millis().saturating_add(skew)).unwrap_or(now)
+    }
 }
 
 /// One `[[accounts]]` entry.
@@ -502,6 +517,11 @@ impl Config {
             "claim_lease_secs = {}",
             self.sync.claim_lease.as_secs()
         );
+        let _ = writeln!(
+            out,
+            "max_clock_skew_secs = {}",
+            self.sync.max_clock_skew.as_secs()
+        );
         let _ = writeln!(out, "[metrics]");
         match self.metrics.listen {
             Some(addr) => writeln!(out, "listen = {:?}", addr.to_string()),
@@ -588,7 +608,25 @@ fn read_token_file(
     if token.is_empty() {
         return Err(invalid(key, format!("{} is empty", full.display())));
     }
-    Ok(SecretString::from(token.to_owned()))
+    Ok(SecretString::from(sendable(key, token)?))
+}
+
+/// A credential as it will be sent: trimmed (a secret store or `echo` adds a newline), and
+/// refused, naming `key` but never showing the value, unless it can be an HTTP header value
+/// (no control character but tab). Otherwise every run would fail at the request.
+fn sendable(key: &str, value: &str) -> Result<String, ConfigError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(invalid(key, "is empty"));
+    }
+    if reqwest::header::HeaderValue::from_str(value).is_err() {
+        return Err(invalid(
+            key,
+            "cannot be sent as an HTTP header value: it holds a control character such as a \
+             newline (the value is not shown)",
+        ));
+    }
+    Ok(value.to_owned())
 }
 
 fn resolve_token(
@@ -604,10 +642,10 @@ fn resolve_token(
             format!("{key_prefix}token"),
             "set either token or token_file, not both",
         )),
-        (Some(t), None) if t.trim().is_empty() => {
-            Err(invalid(format!("{key_prefix}token"), "is empty"))
-        }
-        (Some(t), None) => Ok(Some(SecretString::from(t))),
+        (Some(t), None) => Ok(Some(SecretString::from(sendable(
+            &format!("{key_prefix}token"),
+            &t,
+        )?))),
         (None, Some(p)) => read_token_file(
             &format!("{key_prefix}token_file"),
             p,
@@ -674,10 +712,15 @@ fn resolve(
     if max_attempts == 0 {
         return Err(invalid("api.max_attempts", "must be at least 1"));
     }
-    let default_username = env.var(ENV_USERNAME).or(api.username);
+    let default_username = match (needs, env.var(ENV_USERNAME), api.username) {
+        (CredentialNeed::Skipped, _, _) => None,
+        (_, Some(u), _) => Some(sendable(ENV_USERNAME, &u)?),
+        (_, None, Some(u)) => Some(sendable("api.username", &u)?),
+        (_, None, None) => None,
+    };
     let default_token = match env.var(ENV_TOKEN) {
         _ if needs == CredentialNeed::Skipped => None,
-        Some(t) => Some(SecretString::from(t)),
+        Some(t) => Some(SecretString::from(sendable(ENV_TOKEN, &t)?)),
         None => resolve_token(
             "api.",
             api.token,
@@ -721,6 +764,13 @@ fn resolve(
             "must be between 1 and 8760 (a year)",
         ));
     }
+    let max_clock_skew_secs = sync.max_clock_skew_secs.unwrap_or(3600);
+    if max_clock_skew_secs > 86_400 {
+        return Err(invalid(
+            "sync.max_clock_skew_secs",
+            "must be at most 86400 (a day)",
+        ));
+    }
     let max_download_bytes = sync.max_download_bytes.unwrap_or(4 << 30);
     if max_download_bytes == 0 {
         return Err(invalid("sync.max_download_bytes", "must be at least 1"));
@@ -754,6 +804,19 @@ fn resolve(
     let mut accounts: Vec<AccountConfig> = Vec::with_capacity(file.accounts.len());
     for (i, a) in file.accounts.into_iter().enumerate() {
         let prefix = format!("accounts[{i}].");
+        // The vendor's ids are positive; a sign slipped in is a typo, not an account.
+        if a.customer_id < 1 {
+            return Err(invalid(
+                format!("{prefix}customer_id"),
+                "must be a positive number (the vendor's customerId)",
+            ));
+        }
+        if a.sub_account_id.is_some_and(|s| s < 1) {
+            return Err(invalid(
+                format!("{prefix}sub_account_id"),
+                "must be a positive number (the vendor's subAccountId)",
+            ));
+        }
         if accounts
             .iter()
             .any(|b| b.customer_id == a.customer_id && b.sub_account_id == a.sub_account_id)
@@ -778,6 +841,8 @@ fn resolve(
         }
         let username = a
             .username
+            .map(|u| sendable(&format!("{prefix}username"), &u))
+            .transpose()?
             .or_else(|| default_username.clone())
             .ok_or_else(|| {
                 invalid(
@@ -838,6 +903,7 @@ fn resolve(
             max_download_bytes,
             busy_timeout: Duration::from_secs(sync.busy_timeout_secs.unwrap_or(60)),
             claim_lease,
+            max_clock_skew: Duration::from_secs(max_clock_skew_secs),
         },
         metrics: MetricsConfig { listen },
         accounts,
@@ -889,6 +955,7 @@ mod tests {
         assert_eq!(c.sync.session_window_hours, 24);
         assert_eq!(c.sync.max_download_bytes, 4294967296);
         assert_eq!(c.sync.csv_timezone, Tz::UTC);
+        assert_eq!(c.sync.max_clock_skew, Duration::from_secs(3600));
         assert_eq!(c.database_url.backend().unwrap(), Backend::Sqlite);
         assert_eq!(c.accounts[0].cron, "0 */5 * * * *");
         assert_eq!(c.accounts[0].sub_account_id, None);
@@ -966,6 +1033,48 @@ mod tests {
         assert_eq!(c.database_url.backend().unwrap(), Backend::Postgres);
         assert_eq!(c.accounts[0].credentials.username, "env-user");
         assert_eq!(c.accounts[0].credentials.token.expose_secret(), "env-token");
+    }
+
+    #[test]
+    fn credentials_are_trimmed_and_must_be_sendable_as_header_values() {
+        let env = MapEnv(HashMap::from([
+            ("SESSION_SYNC_USERNAME", " env-user\r\n".to_owned()),
+            ("SESSION_SYNC_TOKEN", "env-token\n".to_owned()),
+        ]));
+        let c = Config::from_toml(MINIMAL, Path::new("."), &env).unwrap();
+        assert_eq!(c.accounts[0].credentials.username, "env-user");
+        assert_eq!(c.accounts[0].credentials.token.expose_secret(), "env-token");
+        for (var, value) in [
+            ("SESSION_SYNC_TOKEN", "env\ntoken"),
+            ("SESSION_SYNC_TOKEN", "tok\u{7f}en"),
+            ("SESSION_SYNC_USERNAME", "a\u{0}b"),
+        ] {
+            let env = MapEnv(HashMap::from([(var, value.to_owned())]));
+            let e = Config::from_toml(MINIMAL, Path::new("."), &env)
+                .map(|_| format!("accepted {var}={value:?}"))
+                .unwrap_or_else(|e| e.to_string());
+            assert!(e.starts_with(var), "{e}");
+            assert!(!e.contains(value), "{e}");
+        }
+        let e = err_of(&MINIMAL.replace("s3cret-token", "s3cret\\u0007"));
+        assert!(e.starts_with("api.token"), "{e}");
+        // A tab inside is sendable; the newline around it is trimmed.
+        let c = Config::from_toml(
+            &format!("{MINIMAL}username = \"a\\tb\\n\"\n"),
+            Path::new("."),
+            &no_env(),
+        )
+        .unwrap();
+        assert_eq!(c.accounts[0].credentials.username, "a\tb");
+        // The reading commands never look at credentials.
+        let env = MapEnv(HashMap::from([(
+            "SESSION_SYNC_TOKEN",
+            "bad\ntoken".to_owned(),
+        )]));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        assert!(Config::load_database_only(&path, &env).is_ok());
     }
 
     #[test]

@@ -4,7 +4,15 @@
 //! through five rounds into a fresh SQLite file. Between rounds sessions open and close, as
 //! they do in life; round 3 meets a 503 that is retried, round 4 a CDN error page that fails
 //! one account's run (and changes none of its sessions). Then it prints what was recorded
-//! and SQL to explore it. The file is replaced on each run.
+//! and SQL to explore it.
+//!
+//! The file is replaced on each run, but only a file the demo made itself: it marks its
+//! databases with SQLite's `application_id` header field ([`DEMO_APPLICATION_ID`]) and reads
+//! the mark from the file's header before removing anything. Any other file (a text file, a
+//! real session-sync database) is refused, exit 2, unless `--replace` says to overwrite it.
+//! A database in use by another process (its `<file>.lock` is held: a daemon, `sync`, another
+//! demo) is never touched, `--replace` or not, exit 1: removing it under a running daemon
+//! would lose the history it goes on writing into deleted files.
 
 use std::path::Path;
 use std::time::Duration;
@@ -42,16 +50,99 @@ pub const EXAMPLE_QUERIES: [(&str, &str); 3] = [
     ),
 ];
 
-fn remove_database(path: &Path) -> anyhow::Result<()> {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(suffix);
-        match std::fs::remove_file(&file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+/// The demo's mark in the databases it makes: SQLite's `application_id` ("SSDM").
+pub const DEMO_APPLICATION_ID: u32 = 0x5353_444d;
+
+/// Why the demo leaves a file alone. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0} is in use by another session-sync process (its lock file {0}.lock is held): the demo never touches a database in use, --replace or not; choose another --database")]
+    InUse(String),
+    #[error("{0} exists and is not a database the demo made: the demo only replaces its own; choose another --database, or pass --replace to overwrite it")]
+    NotADemoDatabase(String),
+    #[error("{0} is gone but its {1} file is still there (left by a database that was removed): pass --replace to remove it, or choose another --database")]
+    Leftover(String, &'static str),
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut file = path.as_os_str().to_owned();
+    file.push(suffix);
+    file.into()
+}
+
+/// Whether `path` is a SQLite database carrying the demo's mark, read from its header
+/// without opening it as a database (which could create or change files beside it).
+fn is_demo_database(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 72];
+    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header));
+    read.is_ok()
+        && header.starts_with(b"SQLite format 3\0")
+        && header[68..72] == DEMO_APPLICATION_ID.to_be_bytes()
+}
+
+/// Clears the way for a fresh demo database at `path`, or refuses (see the module docs).
+/// Holds the instance lock while it looks and removes, so no other process starts on the
+/// file meanwhile; the store claims the lock again when the demo opens it.
+async fn make_fresh_database(path: &Path, replace: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let shown = path.display().to_string();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(with_suffix(path, ".lock"))
+        .with_context(|| format!("opening {shown}.lock"))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(Refusal::InUse(shown).into()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {shown}.lock"))
         }
     }
+    const BESIDE: [&str; 3] = ["-wal", "-shm", "-journal"];
+    if path.exists() {
+        if !replace && !is_demo_database(path) {
+            return Err(Refusal::NotADemoDatabase(shown).into());
+        }
+    } else if !replace {
+        if let Some(suffix) = BESIDE.iter().find(|s| with_suffix(path, s).exists()) {
+            return Err(Refusal::Leftover(shown, suffix).into());
+        }
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        match std::fs::remove_file(with_suffix(path, suffix)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {shown}{suffix}")),
+        }
+    }
+    // A new database, owner-only like every session-sync database, with the mark.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {shown}"))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("creating {shown}"))?;
+    drop(file);
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+    let mut conn = sqlx::ConnectOptions::connect(&options)
+        .await
+        .with_context(|| format!("opening {shown}"))?;
+    sqlx::query(&format!(
+        "PRAGMA application_id = {}",
+        DEMO_APPLICATION_ID as i32
+    ))
+    .execute(&mut conn)
+    .await
+    .with_context(|| format!("marking {shown} as the demo's"))?;
+    sqlx::Connection::close(conn)
+        .await
+        .with_context(|| format!("closing {shown}"))?;
+    drop(lock);
     Ok(())
 }
 
@@ -84,9 +175,10 @@ max_concurrent = 3
     Config::from_toml(&text, Path::new("."), &NoEnv).context("the demo's configuration")
 }
 
-/// Runs the demo, writing `database`.
-pub async fn run(database: &Path) -> anyhow::Result<()> {
-    remove_database(database)?;
+/// Runs the demo, writing `database`: a new file, or one the demo made before, or (with
+/// `replace`) any file that no process is using.
+pub async fn run(database: &Path, replace: bool) -> anyhow::Result<()> {
+    make_fresh_database(database, replace).await?;
     let sim = SimulatedVendor::start("demo", "demo-token")
         .await
         .context("starting the simulated vendor")?;

@@ -1,8 +1,13 @@
 //! `session-sync export`: `session_history` rows to stdout, as CSV or JSON lines, for a
 //! spreadsheet or a notebook.
 //!
-//! - Rows are those whose `session_created_at` is at or after `--since` (a date means its
-//!   midnight UTC), of every account or of `--customer`'s, oldest first.
+//! - Rows are those whose `session_created_at` is at or after `--since` and, with `--until`,
+//!   before it (a date means its midnight UTC; a time may take any form the vendor's CSV may
+//!   use, `2017-12-18 17:10:00` included, read as UTC when it has no offset), of every
+//!   account, of `--customer`'s, or of one `--sub-account` of it; oldest first.
+//! - A `--customer` / `--sub-account` that has no account in the database is refused (exit 2)
+//!   rather than answered with an empty file, which would look like "no sessions".
+//! - A long export is no slow statement: sqlx's warning is kept at debug level.
 //! - Timestamps are ISO 8601 in UTC with milliseconds (`2026-11-25T10:00:00.000Z`) on both
 //!   backends; a missing value is an empty CSV field or JSON `null`.
 //! - Rows stream from the database to stdout: memory does not grow with the export. The
@@ -18,7 +23,7 @@ use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::config::Config;
-use crate::store::{HistoryRow, Store};
+use crate::store::{HistoryFilter, HistoryRow, Store};
 use crate::timestamp::Timestamp;
 
 /// The output format.
@@ -30,18 +35,22 @@ pub enum Format {
     Jsonl,
 }
 
-/// `--since`: `YYYY-MM-DD` (midnight UTC) or an RFC 3339 instant.
+/// `--since` / `--until`: `YYYY-MM-DD` (midnight UTC), or a time in any form the vendor's CSV
+/// may use (`crate::timestamp::parse_timestamp`), read as UTC when it has no offset.
 pub fn parse_since(raw: &str) -> Result<Timestamp, String> {
-    let parsed = if let Ok(date) = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
-        date.and_hms_opt(0, 0, 0).map(|t| t.and_utc())
-    } else {
-        chrono::DateTime::parse_from_rfc3339(raw)
-            .ok()
-            .map(|t| t.with_timezone(&chrono::Utc))
-    };
-    parsed.and_then(Timestamp::from_chrono).ok_or_else(|| {
+    let raw = raw.trim();
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        if let Some(t) = date
+            .and_hms_opt(0, 0, 0)
+            .and_then(|t| Timestamp::from_chrono(t.and_utc()))
+        {
+            return Ok(t);
+        }
+    }
+    crate::timestamp::parse_timestamp(raw, chrono_tz::Tz::UTC).map_err(|e| {
         format!(
-            "{raw:?} is neither a date (2026-11-01) nor an RFC 3339 time (2026-11-01T12:00:00Z)"
+            "{raw:?} is neither a date (2026-11-01) nor a time such as 2026-11-01T12:00:00Z \
+             or 2026-11-01 12:00:00 ({e})"
         )
     })
 }
@@ -88,13 +97,15 @@ pub enum ExportError {
     },
     #[error("writing to stdout: {0}")]
     Output(std::io::Error),
+    /// The `--customer` / `--sub-account` asked for has no account in the database.
+    #[error("{0}")]
+    NoSuchAccount(String),
 }
 
 /// Writes the rows to `out`; returns how many were written (0 when the reader went away).
 pub async fn export(
     config: &Config,
-    since: Timestamp,
-    customer: Option<i64>,
+    filter: HistoryFilter,
     format: Format,
     out: impl AsyncWrite + Unpin,
 ) -> Result<u64, ExportError> {
@@ -105,7 +116,45 @@ pub async fn export(
     let store = Store::connect_reader(&config.database_url)
         .await
         .map_err(database)?;
-    let result = write_rows(&store, since, customer, format, out).await;
+    if let Some(customer) = filter.customer {
+        let accounts = match store.account_statuses(None).await {
+            Ok(accounts) => accounts,
+            Err(e) => {
+                store.close().await;
+                return Err(database(e));
+            }
+        };
+        let known = accounts.iter().any(|a| {
+            a.customer_id == customer
+                && filter
+                    .sub_account
+                    .is_none_or(|sub| a.sub_account_id == Some(sub))
+        });
+        if !known {
+            store.close().await;
+            let asked = match filter.sub_account {
+                Some(sub) => format!("customer {customer} / sub-account {sub}"),
+                None => format!("customer {customer}"),
+            };
+            let mut there: Vec<String> = accounts
+                .iter()
+                .map(|a| match a.sub_account_id {
+                    Some(sub) => format!("{} / {sub}", a.customer_id),
+                    None => a.customer_id.to_string(),
+                })
+                .collect();
+            there.dedup();
+            return Err(ExportError::NoSuchAccount(format!(
+                "no account of {asked} in the database (accounts there: {})",
+                if there.is_empty() {
+                    "none".to_owned()
+                } else {
+                    there.join(", ")
+                }
+            )));
+        }
+    }
+    let result = write_rows(&store, filter, format, out).await;
     store.close().await;
     match result {
         Err(WriteError::Database(e)) => Err(database(e)),
@@ -122,12 +171,11 @@ enum WriteError {
 
 async fn write_rows(
     store: &Store,
-    since: Timestamp,
-    customer: Option<i64>,
+    filter: HistoryFilter,
     format: Format,
     out: impl AsyncWrite + Unpin,
 ) -> Result<u64, WriteError> {
-    let mut rows = store.export_history(since, customer);
+    let mut rows = store.export_history(filter);
     let mut written = 0;
     match format {
         Format::Csv => {
@@ -200,6 +248,19 @@ mod tests {
             parse_since("2026-11-01T12:30:00-03:00").unwrap().to_iso(),
             "2026-11-01T15:30:00.000Z"
         );
+        // The forms the vendor's CSV may use, without an offset read as UTC.
+        for raw in [
+            "2017-12-18 17:10:00",
+            "2017-12-18T17:10:00",
+            "2017-12-18T14:10:00-03:00",
+            "1513617000",
+        ] {
+            assert_eq!(
+                parse_since(raw).unwrap().to_iso(),
+                "2017-12-18T17:10:00.000Z",
+                "{raw}"
+            );
+        }
         assert!(parse_since("01/11/2026")
             .unwrap_err()
             .contains("01/11/2026"));

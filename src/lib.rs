@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod demo;
 pub mod export;
 pub mod metrics;
+pub mod redact;
 pub mod simulator;
 pub mod snapshot;
 pub mod startup;

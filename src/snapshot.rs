@@ -4,7 +4,9 @@
 //! `origin`) and `session_created_at` in any case, with a UTF-8 BOM and spaces tolerated;
 //! `,` or `;` as delimiter (detected from the header line); CRLF or LF; quoted fields; extra
 //! columns ignored. A file without a header, or whose header lacks the two columns (an HTML
-//! error page, say), is not a snapshot: [`SnapshotReader::open`] fails and the run fails.
+//! error page, say), is not a snapshot: [`SnapshotReader::open`] fails and the run fails. So
+//! is a header with two number columns (`origem,source`, or `source` twice) or two timestamp
+//! columns: which one the vendor meant cannot be known, and guessing could close sessions.
 //!
 //! Past the header, every record is either a [`SessionKey`] or a [`Rejection`] with its
 //! 1-based line number (the header is line 1) and the reason; the caller decides whether the
@@ -37,13 +39,20 @@ pub enum SnapshotError {
     HeaderTooLong,
     #[error("the header has no {missing} column (header seen: {seen:?}): not a session CSV")]
     MissingColumns { missing: &'static str, seen: String },
+    #[error("the header is ambiguous: {columns} columns hold the {what} (header seen: {seen:?}); which one the vendor means cannot be known, so the file is refused")]
+    AmbiguousColumns {
+        what: &'static str,
+        columns: usize,
+        seen: String,
+    },
     #[error("line {line}: a quoted field runs past the end of its line (a stray quote?): the file cannot be split into records reliably")]
     QuoteAcrossLines { line: u64 },
     #[error("line {line} is longer than {MAX_LINE_BYTES} bytes: not a session CSV")]
     LineTooLong { line: u64 },
-    #[error("reading the file failed: {0}")]
+    // The step ("reading the file") is named by the caller; these say only what broke.
+    #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("reading the file failed: {0}")]
+    #[error(transparent)]
     Csv(#[from] csv_async::Error),
 }
 
@@ -150,6 +159,8 @@ pub struct SnapshotReader<R> {
     created_idx: usize,
     delimiter: u8,
     tz: Tz,
+    /// Later creation times are rejected as implausible (see [`SnapshotReader::reject_after`]).
+    latest: Option<Timestamp>,
 }
 
 type HeaderThenRest<R> = LineGuard<tokio::io::Chain<std::io::Cursor<Vec<u8>>, BufReader<R>>>;
@@ -189,22 +200,30 @@ impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
             .await
             .map_err(SnapshotError::from_csv)?
             .clone();
-        let find = |names: &[&str]| {
-            headers.iter().position(|h| {
+        let seen = || truncate_lossy(&join_fields(&headers, delimiter), 200);
+        // Exactly one column of each: with two (`origem,source`, or `source` twice) the file
+        // says two things and picking one could close sessions the other still lists.
+        let find = |names: &[&str], what: &'static str| {
+            let mut found = headers.iter().enumerate().filter(|(_, h)| {
                 let h = String::from_utf8_lossy(h);
                 let h = h.trim();
                 names.iter().any(|n| h.eq_ignore_ascii_case(n))
-            })
+            });
+            match (found.next(), found.count()) {
+                (None, _) => Err(SnapshotError::MissingColumns {
+                    missing: what,
+                    seen: seen(),
+                }),
+                (Some((i, _)), 0) => Ok(i),
+                (Some(_), more) => Err(SnapshotError::AmbiguousColumns {
+                    what,
+                    columns: more + 1,
+                    seen: seen(),
+                }),
+            }
         };
-        let seen = || truncate_lossy(&join_fields(&headers, delimiter), 200);
-        let source_idx = find(&SOURCE_NAMES).ok_or_else(|| SnapshotError::MissingColumns {
-            missing: "source (or origem/origin)",
-            seen: seen(),
-        })?;
-        let created_idx = find(&[CREATED_NAME]).ok_or_else(|| SnapshotError::MissingColumns {
-            missing: "session_created_at",
-            seen: seen(),
-        })?;
+        let source_idx = find(&SOURCE_NAMES, "source (or origem/origin)")?;
+        let created_idx = find(&[CREATED_NAME], "session_created_at")?;
         Ok(SnapshotReader {
             csv,
             record: ByteRecord::new(),
@@ -212,7 +231,16 @@ impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
             created_idx,
             delimiter,
             tz,
+            latest: None,
         })
+    }
+
+    /// Rejects records created after `latest` (this host's clock plus the tolerated skew): a
+    /// session cannot have opened in the future, and storing `9999-12-31` would count it as
+    /// opened recently for ever. The number is still listed, so its sessions stay open.
+    pub fn reject_after(mut self, latest: Timestamp) -> Self {
+        self.latest = Some(latest);
+        self
     }
 
     /// The next data record, or `None` at the end of the file.
@@ -274,6 +302,14 @@ impl<R: AsyncRead + Unpin + Send> SnapshotReader<R> {
         })?;
         let created_at = parse_timestamp(created, self.tz)
             .map_err(|e| (format!("session_created_at: {e}"), Some(source)))?;
+        if self.latest.is_some_and(|latest| created_at > latest) {
+            return Err((
+                "session_created_at is in the future, beyond the clock skew tolerated \
+                 (max_clock_skew_secs): implausible"
+                    .to_owned(),
+                Some(source),
+            ));
+        }
         Ok(SessionKey { source, created_at })
     }
 }
@@ -529,6 +565,56 @@ mod tests {
             read_all(&long).await,
             Err(SnapshotError::HeaderTooLong)
         ));
+    }
+
+    #[tokio::test]
+    async fn records_created_after_the_limit_are_rejected_but_keep_their_number() {
+        let body = b"source,session_created_at\n\
+            5519900000001,2026-11-20T10:00:00.000Z\n\
+            5519900000002,2026-11-20T10:00:00.001Z\n\
+            5519900000003,9999-12-31T23:59:59Z\n";
+        let limit = Timestamp::parse_iso("2026-11-20T10:00:00.000Z").unwrap();
+        let mut r = SnapshotReader::open(&body[..], Tz::UTC)
+            .await
+            .unwrap()
+            .reject_after(limit);
+        let mut rows = Vec::new();
+        while let Some(row) = r.next_row().await.unwrap() {
+            rows.push(row);
+        }
+        assert_eq!(
+            rows[0],
+            session("5519900000001", "2026-11-20T10:00:00.000Z")
+        );
+        for (row, number) in rows[1..].iter().zip(["5519900000002", "5519900000003"]) {
+            let Row::Rejected(r) = row else {
+                panic!("{row:?}")
+            };
+            assert!(r.reason.contains("future"), "{r:?}");
+            assert_eq!(
+                r.listed_number.map(|n| n.to_string()).as_deref(),
+                Some(number)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn two_columns_for_the_number_or_the_time_make_the_file_ambiguous() {
+        for header in [
+            "origem,source,session_created_at",
+            "source;SOURCE;session_created_at",
+            "origin,x,source,session_created_at",
+            "source,session_created_at, Session_Created_At ",
+        ] {
+            let body = format!("{header}\n5519900000001,5519900000002,2017-12-18T17:09:31Z\n");
+            assert!(
+                matches!(
+                    read_all(body.as_bytes()).await,
+                    Err(SnapshotError::AmbiguousColumns { columns: 2, .. })
+                ),
+                "{header}"
+            );
+        }
     }
 
     #[tokio::test]

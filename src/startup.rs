@@ -52,7 +52,7 @@ pub async fn open_store_patiently(
                 if e.downcast_ref::<StoreError>()
                     .is_some_and(StoreError::is_unreachable) =>
             {
-                tracing::warn!(error = %format!("{e:#}"), retry_in_secs = wait.as_secs(), "database unreachable; retrying");
+                tracing::warn!(error = %crate::redact::chain(e.as_ref()), retry_in_secs = wait.as_secs(), "database unreachable; retrying");
                 crate::systemd::waiting_for_database();
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}

@@ -132,9 +132,10 @@ fn when(t: Timestamp, now: Timestamp) -> String {
     format!("{shown} ({ago})")
 }
 
-/// Errors may hold line breaks (a quoted CSV record); a table row may not.
+/// Errors may hold line breaks (a quoted CSV record, or a row written before errors were
+/// cleaned on the way in); a table row may not. The one cleaner every path uses.
 fn one_line(error: &str) -> String {
-    error.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::redact::clean(error)
 }
 
 #[cfg(test)]

@@ -216,7 +216,7 @@ pub async fn sync_account_for_tick(
         .claim_account(account.id, tick, ctx.settings.claim_lease)
         .await;
     let result = match claim {
-        Err(e) => Err(early(Step::Claim, e.to_string(), Ending::Failed)),
+        Err(e) => Err(early(Step::Claim, crate::redact::chain(&e), Ending::Failed)),
         Ok(ClaimOutcome::Busy { holder, until }) => {
             let cause = format!(
                 "another session-sync instance ({holder}) is syncing this account (its claim \
@@ -270,7 +270,7 @@ async fn claimed_run(
         .map_err(|e| SyncError {
             account: account.label.clone(),
             step: Step::StartRun,
-            cause: e.to_string(),
+            cause: crate::redact::chain(&e),
             run: None,
             counts: ReadCounts::default(),
             ending: Ending::Failed,
@@ -312,22 +312,23 @@ async fn claimed_run(
         }
         Err(failure) => {
             let status = failure.status;
-            let message = format!("{}: {}", failure.step, failure.cause);
+            // The cause may quote the vendor, a parser or a driver: cleaned once, here, for
+            // sync_runs.error, the log line and the caller alike.
+            let cause = crate::redact::Redactor::for_account(&account.config).clean(&failure.cause);
+            let message = format!("{}: {}", failure.step, cause);
             record_failure(ctx, run, status, &message, failure.counts, failure.staging).await;
-            tracing::error!(
-                status = if status == RunStatus::Failed { "failed" } else { "abandoned" },
-                run_id = run.0,
-                step = %failure.step,
-                error = %failure.cause,
-                rows_read = failure.counts.rows_read,
-                rows_rejected = failure.counts.rows_rejected,
-                duration_ms = clock.elapsed().as_millis() as u64,
-                "run failed"
+            log_failure(
+                status,
+                run,
+                failure.step,
+                &cause,
+                failure.counts,
+                clock.elapsed(),
             );
             Err(SyncError {
                 account: account.label.clone(),
                 step: failure.step,
-                cause: failure.cause,
+                cause,
                 run: Some(run),
                 counts: failure.counts,
                 ending: match status {
@@ -336,6 +337,41 @@ async fn claimed_run(
                 },
             })
         }
+    }
+}
+
+/// A failed run is an ERROR; an abandoned one (a planned stop ran out of grace) is not a
+/// failure of the account, as `status` says too: a WARN.
+fn log_failure(
+    status: RunStatus,
+    run: RunId,
+    step: Step,
+    cause: &str,
+    counts: ReadCounts,
+    took: Duration,
+) {
+    let duration_ms = took.as_millis() as u64;
+    match status {
+        RunStatus::Failed => tracing::error!(
+            status = "failed",
+            run_id = run.0,
+            step = %step,
+            error = %cause,
+            rows_read = counts.rows_read,
+            rows_rejected = counts.rows_rejected,
+            duration_ms,
+            "run failed"
+        ),
+        RunStatus::Abandoned => tracing::warn!(
+            status = "abandoned",
+            run_id = run.0,
+            step = %step,
+            error = %cause,
+            rows_read = counts.rows_read,
+            rows_rejected = counts.rows_rejected,
+            duration_ms,
+            "run abandoned"
+        ),
     }
 }
 
@@ -358,7 +394,7 @@ async fn record_failure(
         {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "could not store the rejected records of a failed run")
+                tracing::warn!(error = %crate::redact::chain(&e), "could not store the rejected records of a failed run")
             }
         }
     }
@@ -367,7 +403,7 @@ async fn record_failure(
         .finish_run_unapplied(run, status, finished_at, message, counts)
         .await
     {
-        tracing::error!(error = %e, run_id = run.0, "could not record the failed run; it stays 'running' until the next run marks it abandoned");
+        tracing::error!(error = %crate::redact::chain(&e), run_id = run.0, "could not record the failed run; it stays 'running' until the next run marks it abandoned");
     }
 }
 
@@ -467,7 +503,8 @@ async fn stream_into(
 ) -> Result<(), (Step, String)> {
     let mut reader = SnapshotReader::open(download, settings.csv_timezone)
         .await
-        .map_err(|e| (Step::Read, e.to_string()))?;
+        .map_err(|e| (Step::Read, e.to_string()))?
+        .reject_after(settings.latest_plausible_creation(Timestamp::now()));
     while let Some(row) = reader
         .next_row()
         .await

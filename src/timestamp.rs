@@ -424,6 +424,12 @@ mod tests {
     }
 
     #[test]
+    fn expiry_saturates_at_the_end_of_the_range() {
+        let late = Timestamp::parse_iso("9999-12-31T23:00:00.000Z").unwrap();
+        assert_eq!(late.plus_hours(24).to_iso(), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
     fn civil_conversion_agrees_with_chrono_over_centuries() {
         let mut day = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap();
         let end = NaiveDate::from_ymd_opt(2400, 12, 31).unwrap();

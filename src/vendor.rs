@@ -26,13 +26,20 @@ use url::Url;
 
 use crate::config::{AccountConfig, ApiConfig};
 use crate::metrics::{HttpRequest, Metrics};
+use crate::redact::Redactor;
 
 const HEADER_TOKEN: &str = "authenticationToken";
 const HEADER_USER: &str = "userName";
 const USER_AGENT: &str = concat!("session-sync/", env!("CARGO_PKG_VERSION"));
+/// The API's answer is a JSON object holding one link: anything larger is not that answer,
+/// and is not read into memory.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// How much of an error body is read for the excerpt shown in errors.
+const MAX_ERROR_BODY_BYTES: usize = 4 * 1024;
 
 /// What went wrong talking to the vendor. Display never shows a download link's query string
-/// nor a credential.
+/// nor a credential: text that came from outside is cleaned by [`crate::redact`] when the
+/// error is made.
 #[derive(Debug, thiserror::Error)]
 pub enum VendorError {
     #[error("authentication rejected for {account} (HTTP {status})")]
@@ -53,6 +60,9 @@ pub enum VendorError {
     },
     #[error("unusable answer: {0}")]
     BadAnswer(String),
+    /// Not the vendor's fault: the configured credential cannot be sent at all.
+    #[error("the configured {0} cannot be sent as an HTTP header value")]
+    Unsendable(&'static str),
     #[error("the download link has expired (HTTP {0})")]
     LinkExpired(u16),
     #[error("the file is larger than max_download_bytes ({limit} bytes)")]
@@ -96,10 +106,11 @@ impl VendorError {
             cause = s.to_string();
             source = s.source();
         }
+        // The OS's and hyper's words, from outside: bounded and on one line like any.
         let msg = if cause.is_empty() {
             kind.to_owned()
         } else {
-            format!("{kind}: {cause}")
+            crate::redact::clean(&format!("{kind}: {cause}"))
         };
         VendorError::Transport {
             message: msg,
@@ -182,12 +193,16 @@ impl VendorClient {
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
             .build()?;
+        // reqwest sends the previous URL as `Referer` when it follows a redirect: that would
+        // hand the signed link, query string and all, to the redirect's target.
         let download = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(cfg.timeout)
             .read_timeout(cfg.timeout)
             .redirect(reqwest::redirect::Policy::limited(10))
+            .referer(false)
             .build()?;
         Ok(VendorClient {
             api,
@@ -236,23 +251,28 @@ impl VendorClient {
     /// Asks the API for the link to the account's current snapshot, retrying what is worth it.
     #[tracing::instrument(skip_all, fields(customer_id = account.customer_id, sub_account_id = account.sub_account_id))]
     pub async fn request_file_url(&self, account: &AccountConfig) -> Result<Url, VendorError> {
+        let redactor = Redactor::for_account(account);
         self.retry
             .run("request link", || {
-                Box::pin(self.request_file_url_once(account)) as BoxedCall<'_, Url>
+                Box::pin(self.request_file_url_once(account, &redactor)) as BoxedCall<'_, Url>
             })
             .await
     }
 
-    async fn request_file_url_once(&self, account: &AccountConfig) -> Result<Url, VendorError> {
+    async fn request_file_url_once(
+        &self,
+        account: &AccountConfig,
+        redactor: &Redactor,
+    ) -> Result<Url, VendorError> {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        // check-config refuses these already; this only keeps a library caller honest.
         let mut token = HeaderValue::from_str(account.credentials.token.expose_secret())
-            .map_err(|_| VendorError::BadAnswer("the token is not a valid header value".into()))?;
+            .map_err(|_| VendorError::Unsendable("token"))?;
         token.set_sensitive(true);
         headers.insert(HEADER_TOKEN, token);
-        let user = HeaderValue::from_str(&account.credentials.username).map_err(|_| {
-            VendorError::BadAnswer("the username is not a valid header value".into())
-        })?;
+        let user = HeaderValue::from_str(&account.credentials.username)
+            .map_err(|_| VendorError::Unsendable("username"))?;
         headers.insert(HEADER_USER, user);
 
         let response = self
@@ -269,9 +289,27 @@ impl VendorClient {
             });
         }
         if !status.is_success() {
-            return Err(status_error(response, true).await);
+            return Err(status_error(response, Some(redactor)).await);
         }
-        let body = response.bytes().await.map_err(VendorError::transport)?;
+        let too_large = || {
+            VendorError::BadAnswer(format!(
+                "the answer is larger than {} KiB: not the documented {{\"file_url\": ...}} object",
+                MAX_ANSWER_BYTES / 1024
+            ))
+        };
+        if response
+            .content_length()
+            .is_some_and(|len| len > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut response = response;
+        let (body, more) = read_at_most(&mut response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(VendorError::transport)?;
+        if more {
+            return Err(too_large());
+        }
         parse_file_url(&body)
     }
 
@@ -292,7 +330,7 @@ impl VendorClient {
                         200..=299 => Ok(response),
                         403 | 404 | 410 => Err(VendorError::LinkExpired(status.as_u16())),
                         // The CDN's error bodies may echo the signed link: keep only the status.
-                        _ => Err(status_error(response, false).await),
+                        _ => Err(status_error(response, None).await),
                     }
                 })
             })
@@ -311,7 +349,10 @@ impl VendorClient {
         let is_gzip = reader
             .fill_buf()
             .await
-            .map_err(|e| VendorError::BadAnswer(format!("reading the file failed: {e}")))?
+            .map_err(|e| match e.downcast::<VendorError>() {
+                Ok(ours) => ours,
+                Err(e) => VendorError::BadAnswer(crate::redact::clean(&e.to_string())),
+            })?
             .starts_with(&[0x1f, 0x8b]);
         let inner: Box<dyn AsyncRead + Send + Unpin> = if is_gzip {
             // A gzip file may hold several members (pigz, streaming writers): read them all,
@@ -330,24 +371,44 @@ impl VendorClient {
     }
 }
 
-async fn status_error(response: reqwest::Response, with_body: bool) -> VendorError {
+/// Reads at most `cap` bytes of the (decoded) body, and whether there was more.
+async fn read_at_most(
+    response: &mut reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// The status, with a cleaned excerpt of the body when `redactor` is given (the API's
+/// error bodies may echo the request, token included: [`Redactor::clean`] replaces it).
+async fn status_error(mut response: reqwest::Response, redactor: Option<&Redactor>) -> VendorError {
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
-    // A short, printable excerpt of the body helps an operator; never more.
-    let body = if with_body {
-        response.text().await.unwrap_or_default()
-    } else {
-        String::new()
+    // A short excerpt of the body helps an operator; never more.
+    let excerpt = match redactor {
+        Some(redactor) => match read_at_most(&mut response, MAX_ERROR_BODY_BYTES).await {
+            Ok((body, more)) => redactor.excerpt(&String::from_utf8_lossy(&body), !more),
+            Err(_) => String::new(),
+        },
+        None => String::new(),
     };
-    let excerpt: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
-    let detail = if excerpt.trim().is_empty() {
+    let detail = if excerpt.is_empty() {
         String::new()
     } else {
-        format!(": {}", excerpt.trim())
+        format!(": {excerpt}")
     };
     VendorError::Status {
         status,
@@ -369,25 +430,73 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     )
 }
 
+/// The answer must be a JSON object (a UTF-8 BOM before it is tolerated, as in the CSV) whose
+/// `file_url` is a string holding an http(s) link. Anything else is refused saying what came -
+/// the JSON type, or the key names - but never a value, which may be a signed link.
 fn parse_file_url(body: &[u8]) -> Result<Url, VendorError> {
-    #[derive(serde::Deserialize)]
-    struct Answer {
-        file_url: Option<String>,
-    }
-    let answer: Answer = serde_json::from_slice(body)
-        .map_err(|e| VendorError::BadAnswer(format!("the answer is not the expected JSON: {e}")))?;
-    let raw = answer
-        .file_url
-        .ok_or_else(|| VendorError::BadAnswer("the answer has no file_url".into()))?;
-    let url = Url::parse(&raw)
+    use serde_json::Value;
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let bad = |message: String| VendorError::BadAnswer(message);
+    // serde_json's syntax errors give a position, never the input.
+    let answer: Value = serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "the answer is not JSON ({e}); expected an object holding file_url"
+        ))
+    })?;
+    let Value::Object(fields) = answer else {
+        return Err(bad(format!(
+            "the answer is {}, not an object holding file_url",
+            json_kind(&answer)
+        )));
+    };
+    let raw = match fields.get("file_url") {
+        Some(Value::String(raw)) => raw,
+        Some(other) => {
+            return Err(bad(format!(
+                "file_url is {}, not a string",
+                json_kind(other)
+            )))
+        }
+        None if fields.is_empty() => {
+            return Err(bad("the answer has no file_url (an empty object)".into()))
+        }
+        None => {
+            const SHOWN: usize = 10;
+            let mut keys: Vec<String> = fields
+                .keys()
+                .take(SHOWN)
+                .map(|k| k.chars().take(40).collect())
+                .collect();
+            if fields.len() > SHOWN {
+                keys.push(format!("and {} more", fields.len() - SHOWN));
+            }
+            return Err(bad(crate::redact::clean(&format!(
+                "the answer has no file_url (keys: {})",
+                keys.join(", ")
+            ))));
+        }
+    };
+    let url = Url::parse(raw)
         .map_err(|e| VendorError::BadAnswer(format!("file_url is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(VendorError::BadAnswer(format!(
             "file_url is not an http(s) link ({})",
-            url.scheme()
+            crate::redact::clean(url.scheme())
         )));
     }
     Ok(url)
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "true or false",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a JSON string",
+        Value::Array(_) => "a JSON array",
+        Value::Object(_) => "a JSON object",
+    }
 }
 
 /// The body of a download, decoded, that fails once it passes `max_download_bytes`.

@@ -451,14 +451,13 @@ impl Store {
         dispatch!(self, s => s.account_statuses(opened_since).await)
     }
 
-    /// Streams `session_history` rows created at or after `since` (of one customer, if
-    /// given), oldest first: what `export` writes.
+    /// Streams the `session_history` rows `filter` selects, oldest first: what `export`
+    /// writes.
     pub fn export_history(
         &self,
-        since: Timestamp,
-        customer: Option<i64>,
+        filter: HistoryFilter,
     ) -> futures_util::stream::BoxStream<'_, Result<HistoryRow, StoreError>> {
-        dispatch!(self, s => s.export_history(since, customer))
+        dispatch!(self, s => s.export_history(filter))
     }
 
     pub async fn close(&self) {
@@ -538,6 +537,17 @@ pub struct AccountStatus {
     /// Sessions whose `session_created_at` is at or after the `opened_since` asked for
     /// (`None` when none was).
     pub opened_since: Option<i64>,
+}
+
+/// Which `session_history` rows [`Store::export_history`] streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryFilter {
+    /// Sessions created at or after this.
+    pub since: Timestamp,
+    /// Sessions created before this (exclusive), if given.
+    pub until: Option<Timestamp>,
+    pub customer: Option<i64>,
+    pub sub_account: Option<i64>,
 }
 
 /// One row of the `session_history` view.

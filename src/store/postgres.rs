@@ -65,7 +65,8 @@ const EXPORT_SQL: &str = "\
     SELECT customer_id, sub_account_id, account_name, source, session_created_at, expires_at, \
         first_seen_at, last_seen_at, closed_at, is_open \
     FROM session_history \
-    WHERE session_created_at >= $1 AND ($2::bigint IS NULL OR customer_id = $2) \
+    WHERE session_created_at >= $1 AND ($2::timestamptz IS NULL OR session_created_at < $2) \
+        AND ($3::bigint IS NULL OR customer_id = $3) AND ($4::bigint IS NULL OR sub_account_id = $4) \
     ORDER BY session_created_at, customer_id, sub_account_id IS NOT NULL, sub_account_id, source";
 
 fn ts_req(row: &PgRow, i: usize) -> Result<Timestamp, sqlx::Error> {
@@ -544,8 +545,7 @@ impl PostgresStore {
     /// transaction with it. The channel bounds how many rows wait in memory.
     pub fn export_history(
         &self,
-        since: Timestamp,
-        customer: Option<i64>,
+        filter: super::HistoryFilter,
     ) -> BoxStream<'_, Result<HistoryRow, StoreError>> {
         const ACTION: &str = "reading session_history";
         let (rows, receiver) = tokio::sync::mpsc::channel(1024);
@@ -558,7 +558,12 @@ impl PostgresStore {
                     return;
                 }
             };
-            let mut read = q(EXPORT_SQL).bind(tz(since)).bind(customer).fetch(&mut *tx);
+            let mut read = q(EXPORT_SQL)
+                .bind(tz(filter.since))
+                .bind(filter.until.map(tz))
+                .bind(filter.customer)
+                .bind(filter.sub_account)
+                .fetch(&mut *tx);
             while let Some(row) = read.next().await {
                 let row = row.and_then(|r| history_row(&r)).doing(ACTION);
                 if rows.send(row).await.is_err() {

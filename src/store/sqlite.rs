@@ -18,8 +18,8 @@ use sqlx::{ConnectOptions, Connection, Executor, Row, Sqlite};
 
 use super::{
     AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Doing, FinishedRun,
-    HistoryRow, ReadCounts, RunId, RunStatus, StoreError, ABANDONED_BY_CRASH, BATCH_ROWS,
-    REJECT_BATCH_ROWS,
+    HistoryFilter, HistoryRow, ReadCounts, RunId, RunStatus, StoreError, ABANDONED_BY_CRASH,
+    BATCH_ROWS, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
 use crate::snapshot::{PhoneNumber, Rejection, SessionKey};
@@ -30,7 +30,8 @@ const EXPORT_SQL: &str = "\
     SELECT customer_id, sub_account_id, account_name, source, session_created_at, expires_at, \
         first_seen_at, last_seen_at, closed_at, is_open \
     FROM session_history \
-    WHERE session_created_at >= ?1 AND (?2 IS NULL OR customer_id = ?2) \
+    WHERE session_created_at >= ?1 AND (?2 IS NULL OR session_created_at < ?2) \
+        AND (?3 IS NULL OR customer_id = ?3) AND (?4 IS NULL OR sub_account_id = ?4) \
     ORDER BY session_created_at, customer_id, sub_account_id IS NOT NULL, sub_account_id, source";
 
 fn ts_req(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Timestamp, sqlx::Error> {
@@ -99,6 +100,9 @@ fn claim_file(database: &std::path::Path) -> Result<Option<std::fs::File>, Store
     }
     let mut path = database.as_os_str().to_owned();
     path.push(".lock");
+    create_private(std::path::Path::new(&path))
+        .map_err(sqlx::Error::Io)
+        .doing("creating the SQLite instance lock file")?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -124,6 +128,25 @@ fn claim_file(database: &std::path::Path) -> Result<Option<std::fs::File>, Store
     }
 }
 
+/// Creates `path` empty and readable by its owner only (0600, whatever the umask) unless it
+/// exists: the database holds phone numbers, which are personal data. SQLite gives the WAL
+/// and shared-memory files the database file's own mode. An existing file keeps its mode
+/// (an operator may have opened it to a group on purpose).
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        // The umask may have taken bits away (0400 would be unwritable): set them exactly.
+        Ok(file) => file.set_permissions(std::fs::Permissions::from_mode(0o600)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn iso(t: Timestamp) -> String {
     t.to_iso()
 }
@@ -145,12 +168,21 @@ impl SqliteStore {
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         if let Some(dir) = options.get_filename().parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
-                std::fs::create_dir_all(dir)
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
                     .map_err(sqlx::Error::Io)
                     .doing("creating the SQLite database's directory")?;
             }
         }
         let instance = claim_file(options.get_filename())?;
+        if instance.is_some() {
+            create_private(options.get_filename())
+                .map_err(sqlx::Error::Io)
+                .doing("creating the SQLite database file")?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(2))
             .connect_with(options)
@@ -169,7 +201,9 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)
             .doing("reading the SQLite database URL")?
             .read_only(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // An export streams for as long as its reader takes: no slow statement to warn of.
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(options)
@@ -336,12 +370,13 @@ impl SqliteStore {
 
     pub fn export_history(
         &self,
-        since: Timestamp,
-        customer: Option<i64>,
+        filter: HistoryFilter,
     ) -> BoxStream<'_, Result<HistoryRow, StoreError>> {
         sqlx::query(EXPORT_SQL)
-            .bind(iso(since))
-            .bind(customer)
+            .bind(iso(filter.since))
+            .bind(filter.until.map(iso))
+            .bind(filter.customer)
+            .bind(filter.sub_account)
             .fetch(&self.pool)
             .map(|row| {
                 row.and_then(|r| history_row(&r))

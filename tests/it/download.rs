@@ -66,7 +66,7 @@ async fn broken_bodies_fail_the_run_and_change_nothing(backend: Backend) {
             Step::Read,
             "no source",
         ),
-        (CdnFault::Truncate, Step::Read, "reading the file failed"),
+        (CdnFault::Truncate, Step::Read, "the connection broke"),
         (CdnFault::StallAfter(30), Step::Read, "timed out"),
         (CdnFault::RedirectLoop, Step::Download, "redirect"),
         (CdnFault::Status(500), Step::Download, "HTTP 500"),

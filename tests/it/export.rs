@@ -133,3 +133,123 @@ async fn export_refuses_a_since_that_is_not_a_date_with_exit_2() {
     assert!(out.is_empty());
     assert!(err.contains("--since"), "{err}");
 }
+
+/// What an analyst tries next: the CSV's own time form, a window with an end, one
+/// sub-account, and a customer that is not there.
+async fn export_takes_a_window_a_sub_account_and_refuses_an_unknown_customer(backend: Backend) {
+    let Setup {
+        vendor,
+        db: _db,
+        dir: _dir,
+        config,
+    } = setup(
+        backend,
+        "[[accounts]]\ncustomer_id = 42\n\
+         [[accounts]]\ncustomer_id = 43\nsub_account_id = 7\n\
+         [[accounts]]\ncustomer_id = 43\nsub_account_id = 8\n",
+    )
+    .await;
+    vendor.set_sessions(
+        (42, None),
+        &sessions(&[("5519900000001", A), ("5519900000002", B)]),
+    );
+    vendor.set_sessions((43, Some(7)), &sessions(&[("5519900000003", C)]));
+    vendor.set_sessions((43, Some(8)), &sessions(&[("5519900000004", C)]));
+    let (code, out, err) = run_with_config(&config, &["sync"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let sources = |csv: &str| -> Vec<String> {
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(3).unwrap().to_owned())
+            .collect()
+    };
+
+    // `2026-11-21 00:00:00` is how the vendor's CSV may write it: UTC without an offset.
+    let (code, csv, err) = export(&config, &["--since", "2026-11-21 00:00:00"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sources(&csv),
+        ["5519900000002", "5519900000003", "5519900000004"]
+    );
+    // --until is exclusive: sessions created before it.
+    let (code, csv, err) = export(
+        &config,
+        &["--since", "2026-11-20", "--until", "2026-11-21T10:00:00Z"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sources(&csv), ["5519900000001"]);
+    let (code, csv, err) = export(
+        &config,
+        &[
+            "--since",
+            "2026-11-20",
+            "--customer",
+            "43",
+            "--sub-account",
+            "8",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sources(&csv), ["5519900000004"]);
+
+    for args in [
+        &["--customer", "99"][..],
+        &["--customer", "43", "--sub-account", "9"],
+        &["--customer", "42", "--sub-account", "7"],
+    ] {
+        let (code, out, err) = export(&config, &[&["--since", "2026-11-20"], args].concat()).await;
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains("no account"), "{args:?}: {err}");
+    }
+    let (code, _, err) = export(&config, &["--since", "2026-11-22", "--until", "2026-11-21"]).await;
+    assert_eq!(code, 2, "{err}");
+}
+
+/// A long export (here: a reader that pauses) is no slow statement worth a warning.
+async fn a_long_export_logs_no_slow_statement_warning(backend: Backend) {
+    use tokio::io::AsyncReadExt;
+    let Setup {
+        vendor,
+        db: _db,
+        dir: _dir,
+        config,
+    } = setup(backend, "[[accounts]]\ncustomer_id = 42\n").await;
+    let many: Vec<(String, String)> = (0..3000)
+        .map(|i| (format!("55199{i:08}"), A.to_owned()))
+        .collect();
+    vendor.set_sessions((42, None), &many);
+    let (code, out, err) = run_with_config(&config, &["sync"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let mut child = crate::cli::binary()
+        .env_remove("RUST_LOG")
+        .args(["export", "--since", "2026-01-01", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The pipe fills and the export waits on its reader for longer than sqlx's 1 s threshold.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .await
+        .unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.lines().count(), 3001);
+    assert!(!stderr.contains("slow statement"), "{stderr}");
+    assert!(!stderr.contains("SELECT"), "{stderr}");
+}
+
+on_both_backends!(
+    export_takes_a_window_a_sub_account_and_refuses_an_unknown_customer,
+    a_long_export_logs_no_slow_statement_warning,
+);

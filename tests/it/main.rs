@@ -8,15 +8,18 @@ mod helpers;
 
 mod analysts;
 mod apply;
+mod careless;
 mod claims;
 mod cli;
 mod crash;
 mod daemon;
 mod download;
 mod export;
+mod fake;
 mod faults;
 mod instances;
 mod metrics;
+mod odd_answers;
 mod plans;
 mod properties;
 mod readme;

@@ -143,7 +143,7 @@ async fn an_answer_without_a_usable_file_url_fails_the_run_saying_so(backend: Ba
             "not an http(s) link",
         ),
         (r#"{"file_url":"::"}"#, "not a URL"),
-        ("<html>", "not the expected JSON"),
+        ("<html>", "not JSON"),
     ] {
         h.vendor
             .push_api_fault((42, None), ApiFault::Answer(answer.into()));
