@@ -100,6 +100,8 @@ struct FileSync {
     busy_timeout_secs: Option<u64>,
     claim_lease_secs: Option<u64>,
     max_clock_skew_secs: Option<u64>,
+    mass_closure_share: Option<f64>,
+    mass_closure_min_sessions: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,9 +198,22 @@ pub struct SyncConfig {
     /// run ahead of ours) before its record is rejected as implausible; default 3600 (1 h),
     /// at most a day. `9999-12-31` or `2099-01-01` are never a session that opened.
     pub max_clock_skew: Duration,
+    /// A snapshot that would close more than this share of an account's open sessions (and
+    /// more than `mass_closure_min_sessions`) is applied only if a fresh one, asked for at
+    /// once, closes as many (see `store::MassClosureCheck`); default 0.5. 1 turns it off.
+    pub mass_closure_share: f64,
+    /// See `mass_closure_share`; default 20.
+    pub mass_closure_min_sessions: u64,
 }
 
 impl SyncConfig {
+    pub fn mass_closure_guard(&self) -> crate::store::MassClosureGuard {
+        crate::store::MassClosureGuard {
+            share: self.mass_closure_share,
+            min_sessions: self.mass_closure_min_sessions,
+        }
+    }
+
     /// The latest `session_created_at` a snapshot read at `now` may hold.
     pub fn latest_plausible_creation(&self, now: Timestamp) -> Timestamp {
         let skew = i64::try_from(self.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
@@ -522,6 +537,12 @@ impl Config {
             "max_clock_skew_secs = {}",
             self.sync.max_clock_skew.as_secs()
         );
+        let _ = writeln!(out, "mass_closure_share = {}", self.sync.mass_closure_share);
+        let _ = writeln!(
+            out,
+            "mass_closure_min_sessions = {}",
+            self.sync.mass_closure_min_sessions
+        );
         let _ = writeln!(out, "[metrics]");
         match self.metrics.listen {
             Some(addr) => writeln!(out, "listen = {:?}", addr.to_string()),
@@ -764,6 +785,13 @@ fn resolve(
             "must be between 1 and 8760 (a year)",
         ));
     }
+    let mass_closure_share = sync.mass_closure_share.unwrap_or(0.5);
+    if !(0.0..=1.0).contains(&mass_closure_share) {
+        return Err(invalid(
+            "sync.mass_closure_share",
+            "must be between 0 and 1 (1 turns the check off)",
+        ));
+    }
     let max_clock_skew_secs = sync.max_clock_skew_secs.unwrap_or(3600);
     if max_clock_skew_secs > 86_400 {
         return Err(invalid(
@@ -904,6 +932,8 @@ fn resolve(
             busy_timeout: Duration::from_secs(sync.busy_timeout_secs.unwrap_or(60)),
             claim_lease,
             max_clock_skew: Duration::from_secs(max_clock_skew_secs),
+            mass_closure_share,
+            mass_closure_min_sessions: sync.mass_closure_min_sessions.unwrap_or(20),
         },
         metrics: MetricsConfig { listen },
         accounts,

@@ -68,6 +68,22 @@ struct RunLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MassClosureLabels {
+    customer_id: i64,
+    sub_account_id: String,
+    outcome: &'static str,
+}
+
+/// What a fresh snapshot said of a mass closure (see `store::MassClosureCheck`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MassClosureOutcome {
+    /// It closed as many: applied.
+    Confirmed,
+    /// It did not: nothing applied, the run failed.
+    Refused,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     request: &'static str,
 }
@@ -132,6 +148,7 @@ struct Inner {
     sessions_opened: Family<AccountLabels, Counter>,
     sessions_reopened: Family<AccountLabels, Counter>,
     sessions_closed: Family<AccountLabels, Counter>,
+    mass_closures: Family<MassClosureLabels, Counter>,
     open_sessions: Family<AccountLabels, Gauge>,
     last_success: Family<AccountLabels, Gauge<f64, AtomicU64>>,
 }
@@ -201,6 +218,13 @@ impl Metrics {
             "sessions_closed",
             "Sessions closed because a snapshot no longer listed them",
         );
+        let mass_closures = Family::<MassClosureLabels, Counter>::default();
+        registry.register(
+            "mass_closures",
+            "Snapshots that would have closed most of an account's open sessions, checked \
+             against a fresh one: confirmed (applied) or refused (nothing applied)",
+            mass_closures.clone(),
+        );
         let open_sessions = Family::<AccountLabels, Gauge>::default();
         registry.register(
             "open_sessions",
@@ -232,6 +256,7 @@ impl Metrics {
             sessions_opened,
             sessions_reopened,
             sessions_closed,
+            mass_closures,
             open_sessions,
             last_success,
         }))
@@ -305,6 +330,26 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(unix_seconds(Timestamp::now()));
         }
+    }
+
+    /// Records what a fresh snapshot said of a mass closure.
+    pub fn record_mass_closure(
+        &self,
+        customer_id: i64,
+        sub_account_id: Option<i64>,
+        outcome: MassClosureOutcome,
+    ) {
+        self.0
+            .mass_closures
+            .get_or_create(&MassClosureLabels {
+                customer_id,
+                sub_account_id: AccountLabels::new(customer_id, sub_account_id).sub_account_id,
+                outcome: match outcome {
+                    MassClosureOutcome::Confirmed => "confirmed",
+                    MassClosureOutcome::Refused => "refused",
+                },
+            })
+            .inc();
     }
 
     /// Records one HTTP attempt: its HTTP status, or `None` when no response came.

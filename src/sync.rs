@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AccountConfig, SyncConfig};
-use crate::metrics::{Metrics, RunResult};
+use crate::metrics::{MassClosureOutcome, Metrics, RunResult};
 use crate::snapshot::{Row, SnapshotReader};
 use crate::store::{
-    AccountId, ApplyCounts, ApplyParams, Claim, ClaimOutcome, FailureKind, Fence, ReadCounts,
-    RunId, RunStatus, Staging, Store,
+    AccountId, ApplyCounts, ApplyParams, Claim, ClaimOutcome, FailureKind, Fence, MassClosureCheck,
+    ReadCounts, RunId, RunStatus, Staging, Store,
 };
 use crate::timestamp::Timestamp;
 use crate::vendor::{VendorClient, VendorError};
@@ -414,6 +414,87 @@ async fn run_body(
     started_at: Timestamp,
     fence: Option<Fence>,
 ) -> Result<(ReadCounts, ApplyCounts), Failure> {
+    let apply = |staging: Staging, counts: ReadCounts, mass_closure: MassClosureCheck| {
+        staging.apply(ApplyParams {
+            account: account.id,
+            run,
+            run_started_at: started_at,
+            finished_at: Timestamp::now(),
+            counts,
+            fence,
+            mass_closure,
+        })
+    };
+    let guard = ctx.settings.mass_closure_guard();
+    let (staging, counts) = fetch_snapshot(ctx, account).await?;
+    let (closed, open_before) = match apply(staging, counts, MassClosureCheck::Hold(guard)).await {
+        Ok(applied) => return Ok((counts, applied)),
+        Err(e) => match e.mass_closure() {
+            Some(would) => would,
+            None => return Err(apply_failure(e, counts)),
+        },
+    };
+    // A vendor's bad minute (a header-only file, a truncated list) looks like this too:
+    // trust it only if a fresh snapshot agrees.
+    tracing::warn!(
+        would_close = closed,
+        open_sessions = open_before,
+        "the snapshot would close most open sessions; asking the vendor for a fresh one before trusting it"
+    );
+    let (staging, counts) = fetch_snapshot(ctx, account).await?;
+    let confirmed = apply(staging, counts, MassClosureCheck::Confirm(guard)).await;
+    let outcome = match &confirmed {
+        Ok(_) => MassClosureOutcome::Confirmed,
+        Err(e) if e.mass_closure().is_some() => MassClosureOutcome::Refused,
+        Err(_) => {
+            return confirmed
+                .map(|a| (counts, a))
+                .map_err(|e| apply_failure(e, counts))
+        }
+    };
+    ctx.metrics.record_mass_closure(
+        account.config.customer_id,
+        account.config.sub_account_id,
+        outcome,
+    );
+    match confirmed {
+        Ok(applied) => Ok((counts, applied)),
+        Err(e) => Err(Failure {
+            counts,
+            ..fail(
+                Step::Judge,
+                format!(
+                    "the snapshot would have closed {closed} of the account's {open_before} open \
+                     sessions, and a fresh one did not agree ({}): more likely a glitch of the \
+                     vendor than so many sessions ending, so nothing was applied; the next poll \
+                     tries again (see mass_closure_share)",
+                    e.mass_closure()
+                        .map(|(c, _)| format!("it would close {c}"))
+                        .unwrap_or_default()
+                ),
+            )
+        }),
+    }
+}
+
+/// A failed apply: `abandoned` if the run lost its claim, `failed` otherwise.
+fn apply_failure(e: crate::store::StoreError, counts: ReadCounts) -> Failure {
+    Failure {
+        counts,
+        ..if e.kind() == FailureKind::ClaimLost {
+            abandon(Step::Apply, e)
+        } else {
+            fail(Step::Apply, e)
+        }
+    }
+}
+
+/// Asks for the snapshot, stages it and judges it: the staging area with the snapshot, ready
+/// to apply, and what was read.
+async fn fetch_snapshot(
+    ctx: &SyncContext,
+    account: &Account,
+) -> Result<(Staging, ReadCounts), Failure> {
     let download = open_snapshot(&ctx.vendor, &account.config).await?;
 
     let mut staging = ctx
@@ -447,26 +528,7 @@ async fn run_body(
             )
         });
     }
-
-    let applied = staging
-        .apply(ApplyParams {
-            account: account.id,
-            run,
-            run_started_at: started_at,
-            finished_at: Timestamp::now(),
-            counts,
-            fence,
-        })
-        .await
-        .map_err(|e| Failure {
-            counts,
-            ..if e.kind() == FailureKind::ClaimLost {
-                abandon(Step::Apply, e)
-            } else {
-                fail(Step::Apply, e)
-            }
-        })?;
-    Ok((counts, applied))
+    Ok((staging, counts))
 }
 
 /// Asks for a link and opens it, asking again when the link turns out to have expired.

@@ -48,6 +48,16 @@ pub enum Cause {
     },
     /// This run's claim on its account lapsed (see [`Claim`]): another run may have taken
     /// the account over, so this one must not write its snapshot.
+    /// The snapshot would close more of the account's open sessions than
+    /// [`MassClosureCheck::Hold`] allows: rolled back, for the sync to ask again.
+    #[error("the snapshot would close {closed} of the account's {open_before} open sessions")]
+    MassClosure { closed: u64, open_before: u64 },
+    /// A fresh snapshot did not confirm a mass closure ([`MassClosureCheck::Confirm`]).
+    #[error(
+        "a fresh snapshot would close only {closed} of the account's {open_before} open \
+         sessions"
+    )]
+    MassClosureNotConfirmed { closed: u64, open_before: u64 },
     #[error(
         "this run's claim on the account lapsed (its lease ran out: the process was paused or \
          cut off from the database for longer than claim_lease_secs, or another instance took \
@@ -66,6 +76,9 @@ pub enum FailureKind {
     Configuration,
     /// The run lost its claim on the account.
     ClaimLost,
+    /// The snapshot would have closed too many sessions, or did not confirm that it should:
+    /// see [`MassClosureCheck`]. Rolled back, nothing changed.
+    MassClosure,
     /// Anything else.
     Other,
 }
@@ -75,10 +88,29 @@ impl StoreError {
         match &self.cause {
             Cause::Tls { .. } | Cause::Login { .. } => FailureKind::Configuration,
             Cause::ClaimLost => FailureKind::ClaimLost,
+            Cause::MassClosure { .. } | Cause::MassClosureNotConfirmed { .. } => {
+                FailureKind::MassClosure
+            }
             Cause::Sql(e) if self.action == CONNECTING && is_unreachable(e) => {
                 FailureKind::Unreachable
             }
             Cause::Sql(_) => FailureKind::Other,
+        }
+    }
+
+    /// For a [`FailureKind::MassClosure`]: how many sessions the snapshot would have closed,
+    /// of how many open.
+    pub fn mass_closure(&self) -> Option<(u64, u64)> {
+        match self.cause {
+            Cause::MassClosure {
+                closed,
+                open_before,
+            }
+            | Cause::MassClosureNotConfirmed {
+                closed,
+                open_before,
+            } => Some((closed, open_before)),
+            _ => None,
         }
     }
 
@@ -167,6 +199,61 @@ pub struct ApplyParams {
     pub counts: ReadCounts,
     /// The run's claim on the account, checked in the apply's own transaction: see [`Fence`].
     pub fence: Option<Fence>,
+    /// What to do if the snapshot would close many of the account's open sessions.
+    pub mass_closure: MassClosureCheck,
+}
+
+/// A vendor's bad minute can look like the end of every session: one header-only file, and
+/// every open session of the account would close (and re-open at the next poll, a false
+/// closure written into the history). So a snapshot that would close more than a share of
+/// the account's open sessions, and more than a few, is not trusted at once: the sync asks
+/// the vendor for a fresh one (`Hold` on the first, `Confirm` on the fresh one) and applies
+/// only if the fresh one closes as many too.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MassClosureCheck {
+    /// Apply whatever the snapshot closes.
+    Off,
+    /// Roll back, and say so, if the snapshot closes more than the guard allows.
+    Hold(MassClosureGuard),
+    /// Apply only if the snapshot closes more than the guard allows too.
+    Confirm(MassClosureGuard),
+}
+
+/// What counts as a mass closure: more than `share` of the open sessions, and more than
+/// `min_sessions`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MassClosureGuard {
+    pub share: f64,
+    pub min_sessions: u64,
+}
+
+impl MassClosureGuard {
+    pub fn is_mass_closure(&self, closed: u64, open_before: u64) -> bool {
+        closed > self.min_sessions && closed as f64 > self.share * open_before as f64
+    }
+}
+
+impl MassClosureCheck {
+    /// Called by each backend's apply once it knows how many sessions the close step
+    /// closed: an error rolls the apply back.
+    fn check(&self, closed: u64, open_before: u64) -> Result<(), StoreError> {
+        let cause = match self {
+            MassClosureCheck::Hold(guard) if guard.is_mass_closure(closed, open_before) => {
+                Cause::MassClosure {
+                    closed,
+                    open_before,
+                }
+            }
+            MassClosureCheck::Confirm(guard) if !guard.is_mass_closure(closed, open_before) => {
+                Cause::MassClosureNotConfirmed {
+                    closed,
+                    open_before,
+                }
+            }
+            _ => return Ok(()),
+        };
+        Err(StoreError::new("checking what the snapshot closes", cause))
+    }
 }
 
 /// The message left on runs that a later run of the account found still `running`.

@@ -811,6 +811,7 @@ impl PostgresStaging {
         .await
         .doing("closing sessions the snapshot no longer lists")?
         .rows_affected();
+        p.mass_closure.check(closed, open_before as u64)?;
         let new = q("INSERT INTO sessions \
                  (account_id, source, session_created_at, expires_at, first_seen_at) \
              SELECT $1, source, created_at, expires_at, $2 \

@@ -568,6 +568,7 @@ impl SqliteStaging {
         .await
         .doing("closing sessions the snapshot no longer lists")?
         .rows_affected();
+        p.mass_closure.check(closed, open_before as u64)?;
         let new = sqlx::query(
             "INSERT INTO sessions \
                  (account_id, source, session_created_at, expires_at, first_seen_at) \

@@ -18,6 +18,7 @@ mod export;
 mod fake;
 mod faults;
 mod instances;
+mod mass_closure;
 mod metrics;
 mod odd_answers;
 mod plans;
