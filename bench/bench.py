@@ -13,11 +13,15 @@ keep the limit strict it does less than session-sync: no expiry arithmetic (expi
 copy of session_created_at), no run bookkeeping, no rejected-row checks.
 """
 
+import datetime
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from urllib.parse import urlparse, urlunparse
 
@@ -25,12 +29,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target/release/session-sync")
 VENDOR = os.path.join(ROOT, "target/release/examples/bench-vendor")
 PG_ADMIN = os.environ.get("SESSION_SYNC_TEST_POSTGRES_URL")
+PG_BOUNCER = os.environ.get("SESSION_SYNC_TEST_PGBOUNCER_URL")
 
 ROWS_LARGE = int(os.environ.get("BENCH_ROWS", "1000000"))
 ROWS_HUGE = int(os.environ.get("BENCH_ROWS_HUGE", str(5 * ROWS_LARGE)))
 MANY_ACCOUNTS = int(os.environ.get("BENCH_ACCOUNTS", "1000"))
 ROWS_EACH = ROWS_LARGE // MANY_ACCOUNTS
 REPEATS = int(os.environ.get("BENCH_REPEATS", "10"))
+# The scale case: several instances on one PostgreSQL through PgBouncer, one cron tick.
+SCALE_ACCOUNTS = int(os.environ.get("BENCH_SCALE_ACCOUNTS", "10000"))
+SCALE_ROWS = int(os.environ.get("BENCH_SCALE_ROWS", "100"))
+SCALE_INSTANCES = int(os.environ.get("BENCH_SCALE_INSTANCES", "3"))
+FIRST_SCALE = 100001
 
 CUSTOMER_LARGE, CUSTOMER_HUGE, FIRST_MANY = 1, 2, 1001
 
@@ -95,8 +105,8 @@ def measured(cmd, **kw):
     return elapsed, usage.ru_maxrss / 1024
 
 
-def pg_url(name):
-    u = urlparse(PG_ADMIN)
+def pg_url(name, server=None):
+    u = urlparse(server or PG_ADMIN)
     return urlunparse(u._replace(path="/" + name))
 
 
@@ -111,13 +121,14 @@ def fresh_pg(name):
     return pg_url(name)
 
 
-def write_config(path, db_url, vendor_url, customers, max_concurrent):
+def write_config(path, db_url, vendor_url, customers, max_concurrent, cron=None):
     with open(path, "w") as f:
         f.write(f'database_url = "{db_url}"\n[api]\nbase_url = "{vendor_url}"\n'
                 'allow_insecure_http = true\nusername = "bench"\ntoken = "bench"\n'
                 'timeout_secs = 60\n'
                 f'[schedule]\nmax_concurrent = {max_concurrent}\n'
-                '[sync]\nmax_download_bytes = 100000000000\n')
+                + (f'cron = "{cron}"\n' if cron else "")
+                + '[sync]\nmax_download_bytes = 100000000000\n')
         for c in customers:
             f.write(f"[[accounts]]\ncustomer_id = {c}\n")
 
@@ -134,9 +145,9 @@ class Bench:
     def add(self, measure, rows, secs, rss, base_secs, note=""):
         self.rows.append((measure, rows, secs, rss, base_secs, note))
 
-    def config(self, name, db_url, customers, max_concurrent=4):
+    def config(self, name, db_url, customers, max_concurrent=4, cron=None):
         path = os.path.join(self.work, f"{name}.toml")
-        write_config(path, db_url, self.vendor_url, customers, max_concurrent)
+        write_config(path, db_url, self.vendor_url, customers, max_concurrent, cron)
         return path
 
     def sync(self, config, *args):
@@ -170,9 +181,13 @@ class Bench:
             s, r = self.sync(cfg, "--customer", str(CUSTOMER_LARGE))
             again.append(s)
         size_after = db_size(db)
+        self.add("SQLite: second poll, right after the first load", ROWS_LARGE, again[0], r,
+                 limit_again, "unchanged snapshot")
         self.add(f"SQLite: unchanged sync (median of {REPEATS})", ROWS_LARGE, median(again), r,
                  limit_again,
                  f"database + WAL {size_before / 2**20:.0f} -> {size_after / 2**20:.0f} MiB after {REPEATS} polls")
+        self.add(f"SQLite: unchanged sync (worst of {REPEATS})", ROWS_LARGE, max(again), r,
+                 limit_again)
         self.rss_large = rss
         secs, rss = self.sync(cfg, "--customer", str(CUSTOMER_HUGE))
         self.add("SQLite: first sync, 5x rows", ROWS_HUGE, secs, rss, None,
@@ -193,6 +208,10 @@ class Bench:
         psql(url, PG_SCHEMA)
         first, _ = measured(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url],
                             stdin=open_text(PG_LOAD.format(csv=csv, close="")))
+        # As a careful script would (and session-sync does) after a large load: without it the
+        # repeated polls below would be planned on an empty table's statistics, and cost the
+        # square of the snapshot.
+        psql(url, "ANALYZE sessions")
         again = [measured(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url],
                           stdin=open_text(PG_LOAD.format(csv=csv, close=PG_CLOSE)))[0]
                  for _ in range(repeats)]
@@ -204,21 +223,107 @@ class Bench:
         url = fresh_pg("bench_ss")
         cfg = self.config("pg", url, [CUSTOMER_LARGE])
         measured([BIN, "migrate", "--config", cfg])
+        # The polls right after the first load run on statistics autovacuum never gathered:
+        # only session-sync's own refresh keeps their plans linear.
+        psql(url, "ALTER TABLE sessions SET (autovacuum_enabled = false)")
         secs, rss = self.sync(cfg)
         self.add("PostgreSQL: first sync", ROWS_LARGE, secs, rss, limit_first)
         stats = "SELECT pg_total_relation_size('sessions'), n_tup_ins + n_tup_upd + n_tup_del, n_dead_tup FROM pg_stat_user_tables WHERE relname = 'sessions'"
-        time.sleep(1.5)  # statistics are flushed about once a second
         size0, writes0, _ = psql(url, stats, "-At", "-F", " ").split()
         again = []
         for _ in range(REPEATS):
             s, r = self.sync(cfg)
             again.append(s)
-        time.sleep(1.5)
+        time.sleep(1.5)  # statistics are flushed about once a second
         size1, writes1, dead1 = psql(url, stats, "-At", "-F", " ").split()
+        self.add("PostgreSQL: second poll, right after the first load", ROWS_LARGE, again[0], r,
+                 limit_again, "unchanged snapshot; autovacuum off on sessions")
         self.add(f"PostgreSQL: unchanged sync (median of {REPEATS})", ROWS_LARGE, median(again), r,
                  limit_again,
                  f"sessions {int(size0) / 2**20:.0f} -> {int(size1) / 2**20:.0f} MiB, "
                  f"{int(writes1) - int(writes0)} row writes, {dead1} dead tuples after {REPEATS} polls")
+        self.add(f"PostgreSQL: unchanged sync (worst of {REPEATS})", ROWS_LARGE, max(again), r,
+                 limit_again)
+        if PG_BOUNCER:
+            cfg = self.config("pgbouncer", pg_url("bench_ss", PG_BOUNCER), [CUSTOMER_LARGE])
+            through = [self.sync(cfg)[0] for _ in range(max(3, REPEATS // 2))]
+            self.add(f"PostgreSQL via PgBouncer: unchanged sync (median of {len(through)})",
+                     ROWS_LARGE, median(through), r, limit_again,
+                     f"worst {max(through):.2f} s; pool_mode = transaction")
+
+    # -- Several instances, one tick ------------------------------------------------------
+    def pg_scale(self):
+        """One cron tick of SCALE_ACCOUNTS accounts, first with one instance, then with
+        SCALE_INSTANCES on the same PostgreSQL through PgBouncer (transaction mode)."""
+        if not PG_BOUNCER:
+            print("scale case skipped: SESSION_SYNC_TEST_PGBOUNCER_URL is not set (bench/run sets it)")
+            return
+        print(f"  generating {SCALE_ACCOUNTS} snapshots of {SCALE_ROWS} rows ...", flush=True)
+        subprocess.run([VENDOR, "generate-many", "--first", str(FIRST_SCALE), "--accounts",
+                        str(SCALE_ACCOUNTS), "--rows", str(SCALE_ROWS), "--dir", self.work],
+                       check=True)
+        customers = range(FIRST_SCALE, FIRST_SCALE + SCALE_ACCOUNTS)
+        single = None
+        for instances in (1, SCALE_INSTANCES):
+            name = f"bench_scale_{instances}"
+            fresh_pg(name)
+            url = pg_url(name, PG_BOUNCER)
+            # Register the accounts once, with a schedule that never fires, to time start-up.
+            idle = self.config(f"{name}-idle", url, customers, cron="0 0 0 1 1 *")
+            measured([BIN, "migrate", "--config", idle])
+            started = time.perf_counter()
+            daemon = Daemon(idle)
+            daemon.stop()
+            startup = time.perf_counter() - started
+            # The tick: far enough ahead for every instance to start.
+            tick = (datetime.datetime.now(datetime.timezone.utc)
+                    + datetime.timedelta(seconds=2 * startup + 20)).replace(microsecond=0)
+            cron = f"{tick.second} {tick.minute} {tick.hour} * * *"
+            cfg = self.config(name, url, customers, cron=cron)
+            daemons = [Daemon(cfg) for _ in range(instances)]
+            peak = [0]
+            done = threading.Event()
+
+            def sample():
+                query = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{name}'"
+                while not done.is_set():
+                    peak[0] = max(peak[0], int(psql(PG_ADMIN, query, "-At").strip()))
+                    time.sleep(0.2)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            deadline = time.time() + (tick.timestamp() - time.time()) + 1800
+            finished = "SELECT count(*) FROM sync_runs WHERE finished_at IS NOT NULL"
+            while int(psql(pg_url(name), finished, "-At").strip()) < SCALE_ACCOUNTS:
+                if time.time() > deadline:
+                    sys.exit(f"scale case: the tick did not finish within 30 minutes")
+                time.sleep(0.5)
+            done.set()
+            sampler.join()
+            rss = max(d.stop() for d in daemons)
+            db = pg_url(name)
+            q = lambda sql: psql(db, sql, "-At", "-F", " ").strip()
+            took = float(q(f"SELECT extract(epoch FROM max(finished_at)) - {tick.timestamp()} FROM sync_runs"))
+            once = q("SELECT count(*) FROM (SELECT account_id FROM sync_runs GROUP BY 1 "
+                     "HAVING count(*) <> 1) x")
+            ok = q("SELECT count(DISTINCT account_id) FROM sync_runs WHERE status = 'succeeded'")
+            shares = q("SELECT string_agg(n::text, '/' ORDER BY n DESC) FROM "
+                       "(SELECT count(*) AS n FROM account_claims GROUP BY holder) x")
+            exactly_once = once == "0" and int(ok) == SCALE_ACCOUNTS
+            note = (f"start-up {startup:.1f} s; accounts synced exactly once: "
+                    f"{'yes' if exactly_once else 'NO'} ({ok} succeeded); accounts per instance "
+                    f"{shares}; server connections at most {peak[0]} (pool {os.environ.get('SESSION_SYNC_TEST_PGBOUNCER_POOL_SIZE', '?')}), client pools "
+                    f"{instances} x {2 * 4 + 2}")
+            if single is None:
+                single = took
+                self.add(f"PgBouncer: one tick, 1 instance x {SCALE_ACCOUNTS} accounts x {SCALE_ROWS}",
+                         SCALE_ACCOUNTS * SCALE_ROWS, took, rss, None, note)
+            else:
+                self.add(f"PgBouncer: one tick, {instances} instances x {SCALE_ACCOUNTS} accounts",
+                         SCALE_ACCOUNTS * SCALE_ROWS, took, rss, single,
+                         "baseline: the same tick with 1 instance; " + note)
+            if not exactly_once:
+                sys.exit(f"scale case: some account was not synced exactly once: {note}")
 
     def report(self):
         print()
@@ -229,6 +334,38 @@ class Bench:
             base_s = f"{base:.2f}" if base else "-"
             print(f"{measure:<52} {rows:>9} {secs:>8.2f} {rows / secs:>10.0f} {rss:>8.1f} "
                   f"{base_s:>8} {ratio:>6}  {note}")
+
+
+class Daemon:
+    """`session-sync run` with JSON logs; returns once it has logged "scheduler started"."""
+
+    def __init__(self, config):
+        env = {**os.environ, "RUST_LOG": "info"}
+        self.p = subprocess.Popen([BIN, "--log-format", "json", "run", "--config", config],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  env=env)
+        ready = threading.Event()
+
+        def drain():
+            for line in self.p.stderr:
+                try:
+                    if json.loads(line).get("message") == "scheduler started":
+                        ready.set()
+                except ValueError:
+                    pass
+
+        threading.Thread(target=drain, daemon=True).start()
+        if not ready.wait(600):
+            self.p.kill()
+            sys.exit(f"session-sync run did not start within 10 minutes ({config})")
+
+    def stop(self):
+        """SIGTERM; returns the daemon's peak RSS in MiB."""
+        self.p.send_signal(signal.SIGTERM)
+        _, status, usage = os.wait4(self.p.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"session-sync run exited {os.waitstatus_to_exitcode(status)}")
+        return usage.ru_maxrss / 1024
 
 
 def open_text(text):
@@ -268,6 +405,8 @@ def main():
             if PG_ADMIN:
                 print("PostgreSQL ...", flush=True)
                 bench.pg_runs()
+                print("Several instances, one tick ...", flush=True)
+                bench.pg_scale()
             else:
                 print("PostgreSQL skipped: SESSION_SYNC_TEST_POSTGRES_URL is not set (bench/run sets it)")
             bench.report()

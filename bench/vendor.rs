@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! bench-vendor generate --rows N --seed S --out FILE
+//! bench-vendor generate-many --first C --accounts N --rows R --dir DIR   # DIR/C.csv ... (seed = C)
 //! bench-vendor serve --dir DIR     # prints "listening on http://127.0.0.1:PORT"
 //! ```
 //! `GET /v1/session?customerId=C` answers with a link to `DIR/C.csv`.
@@ -106,6 +107,20 @@ async fn main() -> std::io::Result<()> {
             let out = PathBuf::from(arg(&args, "--out").unwrap_or_else(|| "snapshot.csv".into()));
             generate(rows, seed, out)
         }
+        Some("generate-many") => {
+            let num = |name: &str, default: u64| {
+                arg(&args, name)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(default)
+            };
+            let (first, accounts, rows) =
+                (num("--first", 1), num("--accounts", 10), num("--rows", 100));
+            let dir = PathBuf::from(arg(&args, "--dir").unwrap_or_else(|| ".".into()));
+            for customer in first..first + accounts {
+                generate(rows, customer, dir.join(format!("{customer}.csv")))?;
+            }
+            Ok(())
+        }
         Some("serve") => {
             let dir = PathBuf::from(arg(&args, "--dir").unwrap_or_else(|| ".".into()));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -120,7 +135,8 @@ async fn main() -> std::io::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: bench-vendor generate --rows N --seed S --out FILE | serve --dir DIR"
+                "usage: bench-vendor generate --rows N --seed S --out FILE \
+                 | generate-many --first C --accounts N --rows R --dir DIR | serve --dir DIR"
             );
             std::process::exit(2);
         }

@@ -350,14 +350,17 @@ impl Claim {
 }
 
 /// Whether a snapshot may list sessions that are closed, i.e. whether the re-open step (a
-/// primary-key probe per staged row) has to run. Every distinct staged key is new, or was
-/// open before and is still listed, or was closed: so with `open_before` open sessions, of
-/// which the close step closed `closed`, nothing can be re-opened when the staged keys are
-/// exactly the new ones plus the open ones still listed. Sessions protected from closing by
-/// a rejected record (`any_protected`) break that count, so then the step runs anyway.
-/// Re-opening is rare; this keeps the common poll to the statements it needs.
+/// primary-key probe per staged row) has to run. Every staged row is a new session, or one
+/// that was open before and is still listed, or one that was closed, or a duplicate of
+/// another row: so with `open_before` open sessions, of which the close step closed
+/// `closed`, nothing can be re-opened when the `staged` rows are exactly the new ones plus
+/// the open ones still listed. Duplicates make the count larger and the step run for
+/// nothing, which is safe (and rare); counting distinct keys instead would sort the whole
+/// snapshot at every poll. Sessions protected from closing by a rejected record
+/// (`any_protected`) break that count, so then the step runs anyway. Re-opening is rare;
+/// this keeps the common poll to the statements it needs.
 fn reopen_may_be_needed(
-    staged_distinct: u64,
+    staged: u64,
     new: u64,
     open_before: u64,
     closed: u64,
@@ -366,9 +369,14 @@ fn reopen_may_be_needed(
     // More closed than were open cannot happen while runs of an account never overlap; if it
     // ever did, running the step is the safe answer.
     match open_before.checked_sub(closed) {
-        Some(still_open) => any_protected || staged_distinct != new + still_open,
+        Some(still_open) => any_protected || staged != new + still_open,
         None => true,
     }
+}
+
+/// The rows a snapshot staged: every record read that was not rejected.
+fn staged_rows(counts: &ReadCounts) -> u64 {
+    counts.rows_read.saturating_sub(counts.rows_rejected)
 }
 
 /// Whether an apply changed so much of an account's sessions that the planner statistics

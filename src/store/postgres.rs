@@ -824,17 +824,14 @@ impl PostgresStaging {
         .await
         .doing("inserting new sessions")?
         .rows_affected();
-        let (staged, protected): (i64, bool) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM (SELECT DISTINCT source, created_at \
-                                           FROM session_sync_staged) d), \
-                    EXISTS (SELECT 1 FROM session_sync_rejected WHERE listed_source IS NOT NULL)",
+        let protected: bool = q_scalar(
+            "SELECT EXISTS (SELECT 1 FROM session_sync_rejected WHERE listed_source IS NOT NULL)",
         )
-        .persistent(false)
         .fetch_one(&mut **tx)
         .await
-        .doing("counting the staged snapshot")?;
+        .doing("looking for protected numbers")?;
         let reopened = if super::reopen_may_be_needed(
-            staged as u64,
+            super::staged_rows(&p.counts),
             new,
             open_before as u64,
             closed,
