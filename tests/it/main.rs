@@ -15,6 +15,7 @@ mod download;
 mod export;
 mod faults;
 mod instances;
+mod man_page;
 mod metrics;
 mod properties;
 mod readme;
