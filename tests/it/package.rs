@@ -1,14 +1,26 @@
-//! `docs/session-sync.1`, the man page the Debian package installs, is generated from the
-//! command line's own definitions (the words `--help` prints), so the two cannot drift
-//! apart. After changing src/cli.rs, regenerate it and commit the result:
+//! What the Debian package's set-up relies on (scripts/check-package tries the package
+//! itself, as root).
+//!
+//! `docs/session-sync.1`, the man page the package installs, is generated from the command
+//! line's own definitions (the words `--help` prints), so the two cannot drift apart. After
+//! changing src/cli.rs, regenerate it and commit the result:
 //!
 //! ```sh
 //! SESSION_SYNC_UPDATE_MAN_PAGE=1 cargo test --test it man_page
 //! ```
+//!
+//! The package's set-up tells the operator to keep the token file root's, mode 0600, and to
+//! run `check-config`, which must say so when group or others can read it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
 
 use clap::CommandFactory;
 use clap_mangen::roff::{bold, italic, roman, Roff};
 use clap_mangen::Man;
+
+use crate::cli::binary;
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/session-sync.1");
 
@@ -143,4 +155,39 @@ fn the_man_page_is_generated_from_the_command_line() {
         "docs/session-sync.1 does not match src/cli.rs; regenerate it with \
          `SESSION_SYNC_UPDATE_MAN_PAGE=1 cargo test --test it man_page` and commit it"
     );
+}
+
+/// check-config's stderr with the token file at `mode`; it must accept the file either way.
+async fn check_config_stderr(config: &Path, token: &Path, mode: u32) -> String {
+    std::fs::set_permissions(token, std::fs::Permissions::from_mode(mode)).unwrap();
+    let mut command = binary();
+    command.arg("check-config").arg("--config").arg(config);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("check-config finished within a minute")
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn check_config_warns_when_group_or_others_can_read_the_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let config = dir.path().join("session-sync.toml");
+    std::fs::write(
+        &config,
+        "[api]\nusername = \"acme\"\ntoken_file = \"token\"\n[[accounts]]\ncustomer_id = 42\n",
+    )
+    .unwrap();
+
+    let warned = check_config_stderr(&config, &token, 0o644).await;
+    assert!(
+        warned.contains(&token.display().to_string()) && warned.contains("group or others"),
+        "{warned}"
+    );
+    assert!(!warned.contains("t0ken"), "{warned}");
+    let quiet = check_config_stderr(&config, &token, 0o600).await;
+    assert!(!quiet.contains("group or others"), "{quiet}");
 }
