@@ -21,6 +21,7 @@ mod instances;
 mod mass_closure;
 mod metrics;
 mod odd_answers;
+mod package;
 mod plans;
 mod properties;
 mod readme;
