@@ -26,6 +26,7 @@ mod plans;
 mod properties;
 mod readme;
 mod rejected;
+mod renewals;
 mod request;
 mod status;
 mod systemd;
