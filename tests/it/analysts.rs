@@ -582,31 +582,39 @@ async fn every_cookbook_query_answers_its_question_on_a_synced_history(backend: 
     // The history the answers below are worked out from.
     assert_eq!(h.db.sessions().await, expected_sessions());
 
-    let expected = expected_answers();
-    let recipes = recipes(DOC, COOKBOOK);
+    answers_match(&h.db, COOKBOOK, &expected_answers()).await;
+}
+
+/// Runs every recipe of the doc's `section` on `db` and checks each answer, row by row, with
+/// [`matches`]: `expected` lists the questions in the doc's order with their answers.
+async fn answers_match<T: AsRef<str> + std::fmt::Debug>(
+    db: &TestDb,
+    section: &str,
+    expected: &[(&str, Vec<Vec<T>>)],
+) {
+    let recipes = recipes(DOC, section);
     assert_eq!(
         recipes
             .iter()
             .map(|r| r.question.as_str())
             .collect::<Vec<_>>(),
         expected.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
-        "every recipe of docs/analysts.md, in order, needs its expected answer here"
+        "every recipe of the doc's {section:?} section, in order, needs its expected answer"
     );
-    for (recipe, (_, rows)) in recipes.iter().zip(&expected) {
-        let sql = match backend {
+    for (recipe, (_, rows)) in recipes.iter().zip(expected) {
+        let sql = match db.backend {
             Backend::Sqlite => &recipe.sqlite,
             Backend::Postgres => &recipe.postgres,
         };
-        let got = answer(&h.db, sql).await;
+        let got = answer(db, sql).await;
         let same = got.len() == rows.len()
-            && got
-                .iter()
-                .zip(rows)
-                .all(|(g, e)| g.len() == e.len() && g.iter().zip(e).all(|(g, e)| matches(e, g)));
+            && got.iter().zip(rows).all(|(g, e)| {
+                g.len() == e.len() && g.iter().zip(e).all(|(g, e)| matches(e.as_ref(), g))
+            });
         assert!(
             same,
-            "{backend:?}: {:?}\nexpected {rows:#?}\ngot {got:#?}\nquery:\n{sql}",
-            recipe.question
+            "{:?}: {:?}\nexpected {rows:#?}\ngot {got:#?}\nquery:\n{sql}",
+            db.backend, recipe.question
         );
     }
 }
@@ -869,28 +877,7 @@ async fn the_window_recipes_answer_their_questions_on_a_renewing_vendors_history
         assert_eq!(reason_of(name).as_deref(), reason, "{name}");
     }
 
-    let expected = window_expected_answers(base);
-    let recipes = recipes(DOC, WINDOWS);
-    assert_eq!(
-        recipes
-            .iter()
-            .map(|r| r.question.as_str())
-            .collect::<Vec<_>>(),
-        expected.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
-        "every recipe of the doc's {WINDOWS:?} section, in order, needs its expected answer"
-    );
-    for (recipe, (_, rows)) in recipes.iter().zip(&expected) {
-        let sql = match backend {
-            Backend::Sqlite => &recipe.sqlite,
-            Backend::Postgres => &recipe.postgres,
-        };
-        let got = answer(&h.db, sql).await;
-        assert_eq!(
-            &got, rows,
-            "{backend:?}: {:?}\nquery:\n{sql}",
-            recipe.question
-        );
-    }
+    answers_match(&h.db, WINDOWS, &window_expected_answers(base)).await;
 }
 
 on_both_backends!(the_window_recipes_answer_their_questions_on_a_renewing_vendors_history);
