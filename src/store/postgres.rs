@@ -504,6 +504,9 @@ impl PostgresStore {
                       listed_source text) ON COMMIT DELETE ROWS;
                  CREATE TEMP TABLE IF NOT EXISTS session_sync_closed \
                      (source text NOT NULL, created_at timestamptz NOT NULL) \
+                     ON COMMIT DELETE ROWS;
+                 CREATE TEMP TABLE IF NOT EXISTS session_sync_renewed \
+                     (source text NOT NULL, created_at timestamptz NOT NULL) \
                      ON COMMIT DELETE ROWS;",
             )
             .await
@@ -839,7 +842,7 @@ impl PostgresStaging {
             .await
             .doing("planning the close step")?;
         // Closed as 'ended'; those whose number this run lists with a later session become
-        // 'renewed' below, found through session_sync_closed.
+        // 'renewed' below.
         let closed = q("WITH closed AS ( \
                  UPDATE sessions s SET closed_at = $1, closed_reason = 'ended' \
                  WHERE s.account_id = $2 AND s.closed_at IS NULL AND NOT EXISTS ( \
@@ -857,6 +860,21 @@ impl PostgresStaging {
         .doing("closing sessions the snapshot no longer lists")?
         .rows_affected();
         p.mass_closure.check(closed, open_before as u64)?;
+        // The renewed among them: a hash join of those just closed with the snapshot (one
+        // pass over each), never a probe per closed session.
+        let renewed = if closed > 0 {
+            q("INSERT INTO session_sync_renewed (source, created_at) \
+               SELECT c.source, c.created_at FROM session_sync_closed c \
+               WHERE EXISTS ( \
+                 SELECT 1 FROM session_sync_staged t \
+                 WHERE t.source = c.source AND t.created_at > c.created_at)")
+            .execute(&mut **tx)
+            .await
+            .doing("telling renewed sessions from ended ones")?
+            .rows_affected()
+        } else {
+            0
+        };
         let new = q("INSERT INTO sessions \
                  (account_id, source, session_created_at, expires_at, first_seen_at) \
              SELECT $1, source, created_at, expires_at, $2 \
@@ -885,7 +903,7 @@ impl PostgresStaging {
             closed,
             protected,
         );
-        if reopen || closed > 0 {
+        if reopen || renewed > 0 {
             tx.execute(
                 "SET LOCAL enable_nestloop = on; SET LOCAL enable_hashjoin = off; \
                  SET LOCAL enable_mergejoin = off",
@@ -908,22 +926,16 @@ impl PostgresStaging {
         } else {
             0
         };
-        if closed > 0 {
-            // Now every session this run lists is open (new, still open, re-opened): a closed
-            // one whose number has a later open session was renewed.
+        if renewed > 0 {
             q(
-                "UPDATE sessions s SET closed_reason = 'renewed' FROM session_sync_closed c \
-               WHERE s.account_id = $1 AND s.source = c.source \
-                 AND s.session_created_at = c.created_at \
-                 AND EXISTS ( \
-                   SELECT 1 FROM sessions later \
-                   WHERE later.account_id = $1 AND later.source = c.source \
-                     AND later.session_created_at > c.created_at AND later.closed_at IS NULL)",
+                "UPDATE sessions s SET closed_reason = 'renewed' FROM session_sync_renewed r \
+               WHERE s.account_id = $1 AND s.source = r.source \
+                 AND s.session_created_at = r.created_at",
             )
             .bind(p.account.0)
             .execute(&mut **tx)
             .await
-            .doing("telling renewed sessions from ended ones")?;
+            .doing("marking renewed sessions")?;
         }
         q(
             "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
