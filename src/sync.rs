@@ -1,13 +1,18 @@
 //! One sync of one account, start to finish: the single step that the daemon, the one-shot
 //! `sync` command, the demo and the tests all call.
 //!
+//! 0. claim the account (see `store::Claim`): skipped if another run holds it, or already
+//!    synced it for this tick; the claim is renewed while the run goes on, and a run that
+//!    loses it stops, `abandoned`;
 //! 1. record a `running` run;
 //! 2. ask the API for the link (retries inside [`VendorClient`]);
 //! 3. download it; an expired link is asked for again, up to [`MAX_LINK_REFRESHES`] times;
 //! 4. stream the CSV into the store's staging area;
 //! 5. judge it: more than `max_rejected_ratio` rejected records and the snapshot is not trusted;
-//! 6. apply it atomically and mark the run `succeeded` - or mark it `failed` with the step and
-//!    the cause, changing no session.
+//! 6. apply it atomically, checking the claim still holds, and mark the run `succeeded` - or
+//!    mark it `failed` with the step and the cause, changing no session. A snapshot that
+//!    would close most of the account's open sessions is applied only if a fresh one, asked
+//!    for at once, closes as many (see `store::MassClosureCheck`).
 
 use std::time::{Duration, Instant};
 
@@ -442,38 +447,37 @@ async fn run_body(
         "the snapshot would close most open sessions; asking the vendor for a fresh one before trusting it"
     );
     let (staging, counts) = fetch_snapshot(ctx, account).await?;
-    let confirmed = apply(staging, counts, MassClosureCheck::Confirm(guard)).await;
-    let outcome = match &confirmed {
-        Ok(_) => MassClosureOutcome::Confirmed,
-        Err(e) if e.mass_closure().is_some() => MassClosureOutcome::Refused,
-        Err(_) => {
-            return confirmed
-                .map(|a| (counts, a))
-                .map_err(|e| apply_failure(e, counts))
-        }
+    let record = |outcome| {
+        ctx.metrics.record_mass_closure(
+            account.config.customer_id,
+            account.config.sub_account_id,
+            outcome,
+        )
     };
-    ctx.metrics.record_mass_closure(
-        account.config.customer_id,
-        account.config.sub_account_id,
-        outcome,
-    );
-    match confirmed {
-        Ok(applied) => Ok((counts, applied)),
-        Err(e) => Err(Failure {
-            counts,
-            ..fail(
-                Step::Judge,
-                format!(
-                    "the snapshot would have closed {closed} of the account's {open_before} open \
-                     sessions, and a fresh one did not agree ({}): more likely a glitch of the \
-                     vendor than so many sessions ending, so nothing was applied; the next poll \
-                     tries again (see mass_closure_share)",
-                    e.mass_closure()
-                        .map(|(c, _)| format!("it would close {c}"))
-                        .unwrap_or_default()
-                ),
-            )
-        }),
+    match apply(staging, counts, MassClosureCheck::Confirm(guard)).await {
+        Ok(applied) => {
+            record(MassClosureOutcome::Confirmed);
+            Ok((counts, applied))
+        }
+        Err(e) => match e.mass_closure() {
+            Some((fresh_closed, _)) => {
+                record(MassClosureOutcome::Refused);
+                Err(Failure {
+                    counts,
+                    ..fail(
+                        Step::Judge,
+                        format!(
+                            "the snapshot would have closed {closed} of the account's \
+                             {open_before} open sessions, and a fresh one did not agree (it \
+                             would close {fresh_closed}): more likely a glitch of the vendor \
+                             than so many sessions ending, so nothing was applied; the next \
+                             poll tries again (see mass_closure_share)"
+                        ),
+                    )
+                })
+            }
+            None => Err(apply_failure(e, counts)),
+        },
     }
 }
 
