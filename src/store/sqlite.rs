@@ -630,7 +630,7 @@ impl SqliteStaging {
         let marked = sqlx::query(
             "UPDATE sync_runs SET status = 'succeeded', finished_at = ?1, rows_read = ?2, \
                  rows_rejected = ?3, sessions_new = ?4, sessions_reopened = ?5, \
-                 sessions_closed = ?6, error = NULL \
+                 sessions_closed = ?6, sessions_open = ?8, error = NULL \
              WHERE id = ?7 AND status = 'running'",
         )
         .bind(iso(p.finished_at))
@@ -640,6 +640,7 @@ impl SqliteStaging {
         .bind(counts.sessions_reopened as i64)
         .bind(counts.sessions_closed as i64)
         .bind(p.run.0)
+        .bind(counts.sessions_open as i64)
         .execute(&mut *tx)
         .await
         .doing("marking the run succeeded")?
