@@ -28,7 +28,8 @@ use sqlx::{ConnectOptions, Connection, Executor, Row, Transaction};
 
 use super::{
     AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Cause, Claim, ClaimOutcome,
-    Doing, Fence, FinishedRun, HistoryRow, ReadCounts, RunId, RunStatus, StoreError,
+    Counted, Doing, FailedRunRow, Fence, FinishedRun, HistoryRow, OpenPoint, ReadCounts,
+    RejectedReason, ReportAccount, ReportScope, RunId, RunStatus, RunsOfDay, StoreError, TzPiece,
     ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
@@ -577,6 +578,16 @@ impl PostgresStore {
         .boxed()
     }
 
+    pub async fn read_report(&self) -> Result<PostgresReportReader, StoreError> {
+        let mut tx = self.pool.begin().await.doing(REPORT_ACTION)?;
+        // One snapshot for every chart of the page; a pooler keeps the transaction on one
+        // server connection, so nothing outlives it.
+        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(PostgresReportReader { tx })
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
@@ -966,5 +977,361 @@ async fn refresh_statistics(pool: &PgPool) {
         Err(e) => {
             tracing::warn!(error = %e, "could not refresh the planner statistics of sessions")
         }
+    }
+}
+
+const REPORT_ACTION: &str = "reading the report's figures";
+
+/// The accounts a report reads, as a condition on an `account_id` column; `$1` and `$2` are
+/// the scope's customer and sub-account (NULL: any).
+const SCOPE: &str = "account_id IN (SELECT id FROM accounts \
+    WHERE ($1::bigint IS NULL OR customer_id = $1) AND ($2::bigint IS NULL OR sub_account_id = $2))";
+
+/// A timestamp column as local time in a [`TzPiece`] whose offset is `$5` seconds.
+fn local(column: &str) -> String {
+    format!("(({column} AT TIME ZONE 'UTC') + $5::int * interval '1 second')")
+}
+
+/// See `super::ReportReader`. Every statement unnamed ([`q`]) inside the read's transaction.
+pub struct PostgresReportReader {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl PostgresReportReader {
+    pub async fn accounts(&mut self, scope: ReportScope) -> Result<Vec<ReportAccount>, StoreError> {
+        let rows = q(
+            "SELECT id, customer_id, sub_account_id, name FROM accounts \
+             WHERE ($1::bigint IS NULL OR customer_id = $1) \
+               AND ($2::bigint IS NULL OR sub_account_id = $2) \
+             ORDER BY customer_id, sub_account_id IS NOT NULL, sub_account_id",
+        )
+        .bind(scope.customer)
+        .bind(scope.sub_account)
+        .fetch_all(&mut *self.tx)
+        .await
+        .doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| ReportAccount {
+                id: AccountId(r.get(0)),
+                customer_id: r.get(1),
+                sub_account_id: r.get(2),
+                name: r.get(3),
+            })
+            .collect())
+    }
+
+    pub async fn statuses(&mut self) -> Result<Vec<AccountStatus>, StoreError> {
+        let rows = q(ACCOUNT_STATUS_SQL)
+            .bind(None::<chrono::DateTime<chrono::Utc>>)
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(rows.iter().map(account_status).collect())
+    }
+
+    async fn counted(
+        &mut self,
+        sql: &str,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+        offset_secs: Option<i32>,
+    ) -> Result<Vec<Counted>, StoreError> {
+        let mut query = q(sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(from))
+            .bind(tz(to));
+        if let Some(offset) = offset_secs {
+            query = query.bind(offset);
+        }
+        let rows = query.fetch_all(&mut *self.tx).await.doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| Counted {
+                account: AccountId(r.get(0)),
+                key: r.get(1),
+                count: r.get(2),
+            })
+            .collect())
+    }
+
+    pub async fn opened_per_day(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+    ) -> Result<Vec<Counted>, StoreError> {
+        let sql = format!(
+            "SELECT account_id, ({}::date - date '1970-01-01')::bigint AS day, count(*) \
+             FROM sessions \
+             WHERE session_created_at >= $3 AND session_created_at < $4 AND {SCOPE} \
+             GROUP BY account_id, day",
+            local("session_created_at")
+        );
+        self.counted(&sql, scope, piece.from, piece.to, Some(piece.offset_secs))
+            .await
+    }
+
+    pub async fn opened_per_hour(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+    ) -> Result<Vec<Counted>, StoreError> {
+        let sql = format!(
+            "SELECT account_id, date_part('hour', {})::bigint AS hour, count(*) \
+             FROM sessions \
+             WHERE session_created_at >= $3 AND session_created_at < $4 AND {SCOPE} \
+             GROUP BY account_id, hour",
+            local("session_created_at")
+        );
+        self.counted(&sql, scope, piece.from, piece.to, Some(piece.offset_secs))
+            .await
+    }
+
+    pub async fn lifetimes(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<Counted>, StoreError> {
+        // The analysts' recipe "How long do sessions stay listed", kept within 0 to 24 (a
+        // vendor's clock ahead of ours can put closed_at a little before the creation).
+        let sql = format!(
+            "SELECT account_id, \
+                 greatest(least(floor(date_part('epoch', closed_at - session_created_at) \
+                                      / 3600), 24), 0)::bigint AS hours, \
+                 count(*) \
+             FROM sessions \
+             WHERE session_created_at >= $3 AND session_created_at < $4 \
+               AND closed_at IS NOT NULL AND {SCOPE} \
+             GROUP BY account_id, hours"
+        );
+        self.counted(&sql, scope, from, to, None).await
+    }
+
+    pub async fn runs_per_day(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+    ) -> Result<Vec<RunsOfDay>, StoreError> {
+        let sql = format!(
+            "SELECT account_id, ({}::date - date '1970-01-01')::bigint AS day, \
+                 count(*) FILTER (WHERE status = 'succeeded'), \
+                 count(*) FILTER (WHERE status = 'failed'), \
+                 count(*) FILTER (WHERE status = 'abandoned'), \
+                 sum(rows_rejected)::bigint \
+             FROM sync_runs \
+             WHERE started_at >= $3 AND started_at < $4 AND status <> 'running' AND {SCOPE} \
+             GROUP BY account_id, day",
+            local("started_at")
+        );
+        let rows = q(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(piece.from))
+            .bind(tz(piece.to))
+            .bind(piece.offset_secs)
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| RunsOfDay {
+                account: AccountId(r.get(0)),
+                day: r.get(1),
+                succeeded: r.get(2),
+                failed: r.get(3),
+                abandoned: r.get(4),
+                rows_rejected: r.get(5),
+            })
+            .collect())
+    }
+
+    pub async fn most_polls(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let sql = format!(
+            "SELECT coalesce(max(polls), 0)::bigint FROM ( \
+                 SELECT count(*) AS polls FROM sync_runs \
+                 WHERE status = 'succeeded' AND sessions_open IS NOT NULL \
+                   AND started_at >= $3 AND started_at < $4 AND {SCOPE} \
+                 GROUP BY account_id) p"
+        );
+        q_scalar(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(from))
+            .bind(tz(to))
+            .fetch_one(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)
+    }
+
+    pub async fn open_points(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+        step: Option<i64>,
+    ) -> Result<Vec<OpenPoint>, StoreError> {
+        let filter = format!(
+            "status = 'succeeded' AND sessions_open IS NOT NULL \
+             AND started_at >= $3 AND started_at < $4 AND {SCOPE}"
+        );
+        let sql = match step {
+            None => format!(
+                "SELECT account_id, started_at, sessions_open FROM sync_runs WHERE {filter} \
+                 ORDER BY account_id, started_at, id"
+            ),
+            // Each step's last run: steps of $6 seconds from $5 (whole seconds).
+            Some(_) => format!(
+                "SELECT account_id, started_at, sessions_open FROM ( \
+                     SELECT DISTINCT ON (account_id, step) account_id, started_at, \
+                            sessions_open \
+                     FROM (SELECT account_id, started_at, sessions_open, id, \
+                                  floor((date_part('epoch', started_at) - $5::bigint) \
+                                        / $6::bigint) AS step \
+                           FROM sync_runs WHERE {filter}) r \
+                     ORDER BY account_id, step, started_at DESC, id DESC) s \
+                 ORDER BY account_id, started_at"
+            ),
+        };
+        let mut query = q(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(from))
+            .bind(tz(to));
+        if let Some(step) = step {
+            query = query.bind(from.as_millis().div_euclid(1000)).bind(step);
+        }
+        let rows = query.fetch_all(&mut *self.tx).await.doing(REPORT_ACTION)?;
+        open_points(&rows)
+    }
+
+    pub async fn open_before(
+        &mut self,
+        scope: ReportScope,
+        before: Timestamp,
+    ) -> Result<Vec<OpenPoint>, StoreError> {
+        let rows = q(
+            "SELECT a.id, r.started_at, r.sessions_open FROM accounts a \
+             CROSS JOIN LATERAL ( \
+                 SELECT started_at, sessions_open FROM sync_runs \
+                 WHERE account_id = a.id AND status = 'succeeded' AND started_at < $3 \
+                 ORDER BY started_at DESC, id DESC LIMIT 1) r \
+             WHERE ($1::bigint IS NULL OR a.customer_id = $1) \
+               AND ($2::bigint IS NULL OR a.sub_account_id = $2) \
+               AND r.sessions_open IS NOT NULL",
+        )
+        .bind(scope.customer)
+        .bind(scope.sub_account)
+        .bind(tz(before))
+        .fetch_all(&mut *self.tx)
+        .await
+        .doing(REPORT_ACTION)?;
+        open_points(&rows)
+    }
+
+    pub async fn failures(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<FailedRunRow>, StoreError> {
+        let sql = format!(
+            "SELECT account_id, started_at, status, error FROM sync_runs \
+             WHERE status IN ('failed', 'abandoned') AND started_at >= $3 AND started_at < $4 \
+               AND {SCOPE} \
+             ORDER BY started_at DESC, id DESC LIMIT $5"
+        );
+        let rows = q(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(from))
+            .bind(tz(to))
+            .bind(limit)
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailedRunRow {
+                    account: AccountId(r.try_get(0)?),
+                    started_at: ts_req(r, 1)?,
+                    status: r.try_get(2)?,
+                    error: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .doing(REPORT_ACTION)
+    }
+
+    pub async fn rejected_by_reason(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<RejectedReason>, StoreError> {
+        let sql = format!(
+            "SELECT r.account_id, j.reason, count(*) FROM rejected_rows j \
+             JOIN sync_runs r ON r.id = j.run_id \
+             WHERE r.started_at >= $3 AND r.started_at < $4 AND r.{SCOPE} \
+             GROUP BY r.account_id, j.reason \
+             ORDER BY r.account_id, count(*) DESC, j.reason"
+        );
+        let rows = q(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(from))
+            .bind(tz(to))
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| RejectedReason {
+                account: AccountId(r.get(0)),
+                reason: r.get(1),
+                count: r.get(2),
+            })
+            .collect())
+    }
+
+    pub async fn finish(self) -> Result<(), StoreError> {
+        self.tx.commit().await.doing(REPORT_ACTION)
+    }
+}
+
+fn open_points(rows: &[PgRow]) -> Result<Vec<OpenPoint>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok(OpenPoint {
+                account: AccountId(r.try_get(0)?),
+                at: ts_req(r, 1)?,
+                open: r.try_get(2)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .doing(REPORT_ACTION)
+}
+
+fn account_status(r: &PgRow) -> AccountStatus {
+    AccountStatus {
+        customer_id: r.get(0),
+        sub_account_id: r.get(1),
+        name: r.get(2),
+        last_run: ts_at(r, 3).map(|finished_at| FinishedRun {
+            finished_at,
+            status: r.get(4),
+            error: r.get(5),
+        }),
+        last_success: ts_at(r, 6),
+        open_sessions: r.get(7),
+        opened_since: r.get(8),
     }
 }
