@@ -8,6 +8,7 @@ mod helpers;
 
 mod analysts;
 mod apply;
+mod browser;
 mod careless;
 mod claims;
 mod cli;
@@ -26,6 +27,7 @@ mod plans;
 mod properties;
 mod readme;
 mod rejected;
+mod report;
 mod request;
 mod status;
 mod systemd;
