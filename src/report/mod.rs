@@ -439,14 +439,22 @@ async fn read_figures(
         .collect();
     let pieces = tz_pieces(params.since, params.until, params.tz);
     for piece in &pieces {
-        for c in reader.opened_per_day(scope, *piece).await.map_err(db)? {
+        let counts = reader.sessions(scope, *piece).await.map_err(db)?;
+        for c in counts.per_day {
             if let (Some(s), Some(i)) = (series.get_mut(&c.account), day_index(c.key)) {
                 s.opened_per_day[i] += c.count;
             }
         }
-        for c in reader.opened_per_hour(scope, *piece).await.map_err(db)? {
+        for c in counts.per_hour {
             if let (Some(s), Ok(h)) = (series.get_mut(&c.account), usize::try_from(c.key)) {
                 if let Some(slot) = s.opened_per_hour.get_mut(h) {
+                    *slot += c.count;
+                }
+            }
+        }
+        for c in counts.lifetimes {
+            if let (Some(s), Ok(h)) = (series.get_mut(&c.account), usize::try_from(c.key)) {
+                if let Some(slot) = s.lifetimes.get_mut(h) {
                     *slot += c.count;
                 }
             }
@@ -463,18 +471,6 @@ async fn read_figures(
             }
         }
     }
-    for c in reader
-        .lifetimes(scope, params.since, params.until)
-        .await
-        .map_err(db)?
-    {
-        if let (Some(s), Ok(h)) = (series.get_mut(&c.account), usize::try_from(c.key)) {
-            if let Some(slot) = s.lifetimes.get_mut(h) {
-                *slot += c.count;
-            }
-        }
-    }
-
     // Open sessions over time: every poll, or the last poll of each step.
     let end = params.until.min(now).max(params.since);
     let most = reader
@@ -705,6 +701,16 @@ pub fn write_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
             Err(e)
         }
     }
+}
+
+/// Whether `path` is a page session-sync wrote (its mark in the first few KiB).
+pub fn is_report(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_end(&mut head))
+        .is_ok()
+        && String::from_utf8_lossy(&head).contains(page::GENERATOR)
 }
 
 /// Hides what may be a phone number: every run of digits, alone or joined by single

@@ -711,33 +711,15 @@ impl ReportReader {
         dispatch_report!(self, r => r.statuses().await)
     }
 
-    /// Sessions created in the piece, per account and local day.
-    pub async fn opened_per_day(
-        &mut self,
-        scope: ReportScope,
-        piece: TzPiece,
-    ) -> Result<Vec<Counted>, StoreError> {
-        dispatch_report!(self, r => r.opened_per_day(scope, piece).await)
-    }
-
-    /// Sessions created in the piece, per account and local hour of the day (0 to 23).
-    pub async fn opened_per_hour(
-        &mut self,
-        scope: ReportScope,
-        piece: TzPiece,
-    ) -> Result<Vec<Counted>, StoreError> {
-        dispatch_report!(self, r => r.opened_per_hour(scope, piece).await)
-    }
-
-    /// Sessions created in the period that have ended, per account and whole hours from
+    /// Sessions created in the piece, per account: per local day, per local hour of the
+    /// day (0 to 23), and, of those that have ended, per whole hours from
     /// `session_created_at` to `closed_at` (0 to 24; 24 is the whole window or more).
-    pub async fn lifetimes(
+    pub async fn sessions(
         &mut self,
         scope: ReportScope,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> Result<Vec<Counted>, StoreError> {
-        dispatch_report!(self, r => r.lifetimes(scope, from, to).await)
+        piece: TzPiece,
+    ) -> Result<SessionCounts, StoreError> {
+        dispatch_report!(self, r => r.sessions(scope, piece).await)
     }
 
     /// Finished runs started in the piece, per account and local day, by result.
@@ -843,6 +825,14 @@ pub struct Counted {
     pub account: AccountId,
     pub key: i64,
     pub count: i64,
+}
+
+/// See [`ReportReader::sessions`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionCounts {
+    pub per_day: Vec<Counted>,
+    pub per_hour: Vec<Counted>,
+    pub lifetimes: Vec<Counted>,
 }
 
 /// One account's finished runs of one local day (days since 1970-01-01).

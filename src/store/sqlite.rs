@@ -19,7 +19,7 @@ use sqlx::{ConnectOptions, Connection, Executor, Row, Sqlite};
 use super::{
     AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Counted, Doing,
     FailedRunRow, FinishedRun, HistoryFilter, HistoryRow, OpenPoint, ReadCounts, RejectedReason,
-    ReportAccount, ReportScope, RunId, RunStatus, RunsOfDay, StoreError, TzPiece,
+    ReportAccount, ReportScope, RunId, RunStatus, RunsOfDay, SessionCounts, StoreError, TzPiece,
     ABANDONED_BY_CRASH, BATCH_ROWS, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
@@ -793,7 +793,21 @@ impl SqliteReportReader {
             .collect())
     }
 
-    pub async fn opened_per_day(
+    /// Three statements, each a pass over the period's sessions (SQLite has no GROUPING
+    /// SETS; a single pass grouping by all three keys would return their product).
+    pub async fn sessions(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+    ) -> Result<SessionCounts, StoreError> {
+        Ok(SessionCounts {
+            per_day: self.opened_per_day(scope, piece).await?,
+            per_hour: self.opened_per_hour(scope, piece).await?,
+            lifetimes: self.lifetimes(scope, piece.from, piece.to).await?,
+        })
+    }
+
+    async fn opened_per_day(
         &mut self,
         scope: ReportScope,
         piece: TzPiece,
@@ -808,7 +822,7 @@ impl SqliteReportReader {
             .await
     }
 
-    pub async fn opened_per_hour(
+    async fn opened_per_hour(
         &mut self,
         scope: ReportScope,
         piece: TzPiece,
@@ -823,7 +837,7 @@ impl SqliteReportReader {
             .await
     }
 
-    pub async fn lifetimes(
+    async fn lifetimes(
         &mut self,
         scope: ReportScope,
         from: Timestamp,
