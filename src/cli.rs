@@ -134,7 +134,8 @@ pub struct DemoArgs {
     /// file is refused unless --replace is given; a database in use never is touched.
     #[arg(long, default_value = "session-sync-demo.db")]
     pub database: PathBuf,
-    /// Overwrite --database even if it is not a database the demo made (never one in use).
+    /// Overwrite --database (and the report beside it) even if the demo did not make it
+    /// (never a database in use).
     #[arg(long)]
     pub replace: bool,
 }

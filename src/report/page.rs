@@ -255,7 +255,7 @@ fn accounts_table(out: &mut String, f: &Figures) {
     }
     out.push_str("</tr></thead><tbody>");
     if f.accounts.is_empty() {
-        out.push_str(r#"<tr><td class="text" colspan="11">No account in the database yet: run session-sync sync or run first.</td></tr>"#);
+        out.push_str(r#"<tr class="none"><td class="text" colspan="11">No account in the database yet: run session-sync sync or run first.</td></tr>"#);
     }
     for a in &f.accounts {
         let stale = a.is_stale(f.now);

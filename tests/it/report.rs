@@ -871,3 +871,57 @@ async fn the_browser_harness_sees_requests_and_console_errors() {
     );
     browser.close().await;
 }
+
+/// The demo ends by writing its report beside its database, and says where; a file of that
+/// name that is not a report is left alone.
+#[tokio::test]
+async fn the_demo_ends_by_writing_its_report_beside_its_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("history.db");
+    let demo = |replace: bool| {
+        let mut cmd = crate::cli::binary();
+        cmd.env_remove("RUST_LOG")
+            .arg("demo")
+            .arg("--database")
+            .arg(&database);
+        if replace {
+            cmd.arg("--replace");
+        }
+        cmd
+    };
+    let output = demo(false).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let page = dir.path().join("history.html");
+    assert!(
+        stdout.contains(&format!("is in {}", page.display())),
+        "{stdout}"
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    let db = TestDb::sqlite_file(&database);
+    let tables = by_key(&tables_of(&html));
+    let accounts = &tables[&("accounts".to_owned(), "all".to_owned())];
+    assert_eq!(accounts.len(), 3);
+    let open_now = db
+        .rows("SELECT count(*) FROM sessions WHERE closed_at IS NULL")
+        .await[0][0]
+        .clone()
+        .unwrap();
+    let shown: i64 = accounts.iter().map(|r| r[1].parse::<i64>().unwrap()).sum();
+    assert_eq!(shown.to_string(), open_now);
+    for source in db.rows("SELECT DISTINCT source FROM sessions").await {
+        assert!(!html.contains(source[0].as_deref().unwrap()));
+    }
+    // Run again: its own report is replaced; someone else's file is not, unless --replace.
+    assert!(demo(false).output().await.unwrap().status.success());
+    std::fs::write(&page, "<html>my notes</html>").unwrap();
+    let refused = demo(false).output().await.unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a report"));
+    assert_eq!(
+        std::fs::read_to_string(&page).unwrap(),
+        "<html>my notes</html>"
+    );
+    assert!(demo(true).output().await.unwrap().status.success());
+    assert!(session_sync::report::is_report(&page));
+}
