@@ -1030,61 +1030,71 @@ impl PostgresReportReader {
         Ok(rows.iter().map(account_status).collect())
     }
 
-    /// One pass over the period's sessions for the three groupings (GROUPING SETS): the
-    /// sessions of a week of ten million are read once, not three times.
+    /// Three statements, each as fast as the analysts' recipes: one statement with GROUPING
+    /// SETS reads the sessions once but was measured slower (the planner, unable to guess
+    /// how few groups there are, sorts the week's rows, spilling to disk).
     pub async fn sessions(
         &mut self,
         scope: ReportScope,
         piece: TzPiece,
     ) -> Result<SessionCounts, StoreError> {
-        // Lifetimes: the analysts' recipe "How long do sessions stay listed", kept within
-        // 0 to 24 (a vendor's clock ahead of ours can put closed_at a little before the
-        // creation); NULL while open (greatest and least would skip a NULL: hence the
-        // CASE), a group the caller leaves out.
-        let sql = format!(
-            "SELECT account_id, GROUPING(day) = 0, GROUPING(hour) = 0, \
-                 coalesce(day, hour, hours), count(*) \
-             FROM (SELECT account_id, \
-                       (local::date - date '1970-01-01')::bigint AS day, \
-                       date_part('hour', local)::bigint AS hour, \
-                       CASE WHEN closed_at IS NOT NULL THEN \
-                           greatest(least(floor(date_part('epoch', \
-                                                          closed_at - session_created_at) \
-                                                / 3600), 24), 0)::bigint END AS hours \
-                   FROM (SELECT account_id, session_created_at, closed_at, {} AS local \
-                         FROM sessions \
-                         WHERE session_created_at >= $3 AND session_created_at < $4 \
-                           AND {SCOPE}) s) l \
-             GROUP BY GROUPING SETS ((account_id, day), (account_id, hour), \
-                                     (account_id, hours))",
+        let per_day = format!(
+            "SELECT account_id, ({}::date - date '1970-01-01')::bigint AS day, count(*) \
+             FROM sessions \
+             WHERE session_created_at >= $3 AND session_created_at < $4 AND {SCOPE} \
+             GROUP BY account_id, day",
             local("session_created_at")
         );
-        let rows = q(&sql)
+        let per_hour = format!(
+            "SELECT account_id, date_part('hour', {})::bigint AS hour, count(*) \
+             FROM sessions \
+             WHERE session_created_at >= $3 AND session_created_at < $4 AND {SCOPE} \
+             GROUP BY account_id, hour",
+            local("session_created_at")
+        );
+        // The analysts' recipe "How long do sessions stay listed", kept within 0 to 24 (a
+        // vendor's clock ahead of ours can put closed_at a little before the creation).
+        let lifetimes = format!(
+            "SELECT account_id, \
+                 greatest(least(floor(date_part('epoch', closed_at - session_created_at) \
+                                      / 3600), 24), 0)::bigint AS hours, \
+                 count(*) \
+             FROM sessions \
+             WHERE session_created_at >= $3 AND session_created_at < $4 \
+               AND closed_at IS NOT NULL AND {SCOPE} \
+             GROUP BY account_id, hours"
+        );
+        Ok(SessionCounts {
+            per_day: self.counted(&per_day, scope, piece, true).await?,
+            per_hour: self.counted(&per_hour, scope, piece, true).await?,
+            lifetimes: self.counted(&lifetimes, scope, piece, false).await?,
+        })
+    }
+
+    async fn counted(
+        &mut self,
+        sql: &str,
+        scope: ReportScope,
+        piece: TzPiece,
+        with_offset: bool,
+    ) -> Result<Vec<Counted>, StoreError> {
+        let mut query = q(sql)
             .bind(scope.customer)
             .bind(scope.sub_account)
             .bind(tz(piece.from))
-            .bind(tz(piece.to))
-            .bind(piece.offset_secs)
-            .fetch_all(&mut *self.tx)
-            .await
-            .doing(REPORT_ACTION)?;
-        let mut counts = SessionCounts::default();
-        for r in &rows {
-            let Some(key) = r.get::<Option<i64>, _>(3) else {
-                continue; // the open sessions' lifetime
-            };
-            let counted = Counted {
-                account: AccountId(r.get(0)),
-                key,
-                count: r.get(4),
-            };
-            match (r.get::<bool, _>(1), r.get::<bool, _>(2)) {
-                (true, _) => counts.per_day.push(counted),
-                (_, true) => counts.per_hour.push(counted),
-                _ => counts.lifetimes.push(counted),
-            }
+            .bind(tz(piece.to));
+        if with_offset {
+            query = query.bind(piece.offset_secs);
         }
-        Ok(counts)
+        let rows = query.fetch_all(&mut *self.tx).await.doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| Counted {
+                account: AccountId(r.get(0)),
+                key: r.get(1),
+                count: r.get(2),
+            })
+            .collect())
     }
 
     pub async fn runs_per_day(
