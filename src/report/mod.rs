@@ -439,20 +439,19 @@ async fn read_figures(
         .collect();
     let pieces = tz_pieces(params.since, params.until, params.tz);
     for piece in &pieces {
-        let counts = reader.sessions(scope, *piece).await.map_err(db)?;
-        for c in counts.per_day {
-            if let (Some(s), Some(i)) = (series.get_mut(&c.account), day_index(c.key)) {
-                s.opened_per_day[i] += c.count;
-            }
-        }
-        for c in counts.per_hour {
-            if let (Some(s), Ok(h)) = (series.get_mut(&c.account), usize::try_from(c.key)) {
-                if let Some(slot) = s.opened_per_hour.get_mut(h) {
-                    *slot += c.count;
+        reader
+            .opened(scope, *piece, &mut |c| {
+                if let Some(s) = series.get_mut(&c.account) {
+                    if let Some(i) = day_index(c.key.div_euclid(24)) {
+                        s.opened_per_day[i] += c.count;
+                    }
+                    // 0 to 23 by construction.
+                    s.opened_per_hour[c.key.rem_euclid(24) as usize] += c.count;
                 }
-            }
-        }
-        for c in counts.lifetimes {
+            })
+            .await
+            .map_err(db)?;
+        for c in reader.lifetimes(scope, *piece).await.map_err(db)? {
             if let (Some(s), Ok(h)) = (series.get_mut(&c.account), usize::try_from(c.key)) {
                 if let Some(slot) = s.lifetimes.get_mut(h) {
                     *slot += c.count;

@@ -711,15 +711,27 @@ impl ReportReader {
         dispatch_report!(self, r => r.statuses().await)
     }
 
-    /// Sessions created in the piece, per account: per local day, per local hour of the
-    /// day (0 to 23), and, of those that have ended, per whole hours from
-    /// `session_created_at` to `closed_at` (0 to 24; 24 is the whole window or more).
-    pub async fn sessions(
+    /// Sessions created in the piece, per account and local hour, counted in hours since
+    /// 1970-01-01 local time: a local day is that divided by 24, the hour of the day the
+    /// remainder, so one pass over the sessions serves both charts. Each count is handed to
+    /// `each` as it comes: memory does not grow with the period.
+    pub async fn opened(
         &mut self,
         scope: ReportScope,
         piece: TzPiece,
-    ) -> Result<SessionCounts, StoreError> {
-        dispatch_report!(self, r => r.sessions(scope, piece).await)
+        each: &mut (dyn FnMut(Counted) + Send),
+    ) -> Result<(), StoreError> {
+        dispatch_report!(self, r => r.opened(scope, piece, each).await)
+    }
+
+    /// Sessions created in the piece that have ended, per account and whole hours from
+    /// `session_created_at` to `closed_at` (0 to 24; 24 is the whole window or more).
+    pub async fn lifetimes(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+    ) -> Result<Vec<Counted>, StoreError> {
+        dispatch_report!(self, r => r.lifetimes(scope, piece).await)
     }
 
     /// Finished runs started in the piece, per account and local day, by result.
@@ -825,14 +837,6 @@ pub struct Counted {
     pub account: AccountId,
     pub key: i64,
     pub count: i64,
-}
-
-/// See [`ReportReader::sessions`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SessionCounts {
-    pub per_day: Vec<Counted>,
-    pub per_hour: Vec<Counted>,
-    pub lifetimes: Vec<Counted>,
 }
 
 /// One account's finished runs of one local day (days since 1970-01-01).

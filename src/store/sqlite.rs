@@ -19,7 +19,7 @@ use sqlx::{ConnectOptions, Connection, Executor, Row, Sqlite};
 use super::{
     AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Counted, Doing,
     FailedRunRow, FinishedRun, HistoryFilter, HistoryRow, OpenPoint, ReadCounts, RejectedReason,
-    ReportAccount, ReportScope, RunId, RunStatus, RunsOfDay, SessionCounts, StoreError, TzPiece,
+    ReportAccount, ReportScope, RunId, RunStatus, RunsOfDay, StoreError, TzPiece,
     ABANDONED_BY_CRASH, BATCH_ROWS, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
@@ -766,83 +766,42 @@ impl SqliteReportReader {
         Ok(rows.iter().map(account_status).collect())
     }
 
-    async fn counted(
-        &mut self,
-        sql: &str,
-        scope: ReportScope,
-        from: Timestamp,
-        to: Timestamp,
-        offset_secs: i32,
-    ) -> Result<Vec<Counted>, StoreError> {
-        let rows = sqlx::query(sql)
-            .bind(scope.customer)
-            .bind(scope.sub_account)
-            .bind(iso(from))
-            .bind(iso(to))
-            .bind(offset_secs)
-            .fetch_all(&mut *self.tx)
-            .await
-            .doing(REPORT_ACTION)?;
-        Ok(rows
-            .iter()
-            .map(|r| Counted {
-                account: AccountId(r.get(0)),
-                key: r.get(1),
-                count: r.get(2),
-            })
-            .collect())
-    }
-
-    /// Three statements, each a pass over the period's sessions (SQLite has no GROUPING
-    /// SETS; a single pass grouping by all three keys would return their product).
-    pub async fn sessions(
+    pub async fn opened(
         &mut self,
         scope: ReportScope,
         piece: TzPiece,
-    ) -> Result<SessionCounts, StoreError> {
-        Ok(SessionCounts {
-            per_day: self.opened_per_day(scope, piece).await?,
-            per_hour: self.opened_per_hour(scope, piece).await?,
-            lifetimes: self.lifetimes(scope, piece.from, piece.to).await?,
-        })
-    }
-
-    async fn opened_per_day(
-        &mut self,
-        scope: ReportScope,
-        piece: TzPiece,
-    ) -> Result<Vec<Counted>, StoreError> {
+        each: &mut (dyn FnMut(Counted) + Send),
+    ) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
         let sql = format!(
-            "SELECT account_id, ({} + ?5) / 86400 AS day, count(*) FROM sessions \
-             WHERE session_created_at >= ?3 AND session_created_at < ?4 AND {SCOPE} \
-             GROUP BY account_id, day",
-            unix_secs("session_created_at")
-        );
-        self.counted(&sql, scope, piece.from, piece.to, piece.offset_secs)
-            .await
-    }
-
-    async fn opened_per_hour(
-        &mut self,
-        scope: ReportScope,
-        piece: TzPiece,
-    ) -> Result<Vec<Counted>, StoreError> {
-        let sql = format!(
-            "SELECT account_id, (({} + ?5) / 3600) % 24 AS hour, count(*) FROM sessions \
+            "SELECT account_id, ({} + ?5) / 3600 AS hour, count(*) FROM sessions \
              WHERE session_created_at >= ?3 AND session_created_at < ?4 AND {SCOPE} \
              GROUP BY account_id, hour",
             unix_secs("session_created_at")
         );
-        self.counted(&sql, scope, piece.from, piece.to, piece.offset_secs)
-            .await
+        let mut rows = sqlx::query(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(iso(piece.from))
+            .bind(iso(piece.to))
+            .bind(piece.offset_secs)
+            .fetch(&mut *self.tx);
+        while let Some(r) = rows.try_next().await.doing(REPORT_ACTION)? {
+            each(Counted {
+                account: AccountId(r.get(0)),
+                key: r.get(1),
+                count: r.get(2),
+            });
+        }
+        Ok(())
     }
 
-    async fn lifetimes(
+    pub async fn lifetimes(
         &mut self,
         scope: ReportScope,
-        from: Timestamp,
-        to: Timestamp,
+        piece: TzPiece,
     ) -> Result<Vec<Counted>, StoreError> {
+        let (from, to) = (piece.from, piece.to);
         // The analysts' recipe "How long do sessions stay listed", kept within 0 to 24 (a
         // vendor's clock ahead of ours can put closed_at a little before the creation).
         let sql = format!(
