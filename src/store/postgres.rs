@@ -983,9 +983,14 @@ async fn refresh_statistics(pool: &PgPool) {
 const REPORT_ACTION: &str = "reading the report's figures";
 
 /// The accounts a report reads, as a condition on an `account_id` column; `$1` and `$2` are
-/// the scope's customer and sub-account (NULL: any).
-const SCOPE: &str = "account_id IN (SELECT id FROM accounts \
-    WHERE ($1::bigint IS NULL OR customer_id = $1) AND ($2::bigint IS NULL OR sub_account_id = $2))";
+/// the scope's customer and sub-account (NULL: any). An unnamed statement is planned with
+/// its parameters' values, so for every account `$1 IS NULL` folds to true and no look-up
+/// (a hash join over every row of the period, measured at a fifth of the statement) is made.
+const SCOPE: &str = "($1::bigint IS NULL OR account_id IN (SELECT id FROM accounts \
+    WHERE customer_id = $1 AND ($2::bigint IS NULL OR sub_account_id = $2)))";
+/// [`SCOPE`] on the runs of a join, `r`.
+const RUNS_SCOPE: &str = "($1::bigint IS NULL OR r.account_id IN (SELECT id FROM accounts \
+    WHERE customer_id = $1 AND ($2::bigint IS NULL OR sub_account_id = $2)))";
 
 /// A timestamp column as local time in a [`TzPiece`] whose offset is `$5` seconds.
 fn local(column: &str) -> String {
@@ -1274,7 +1279,7 @@ impl PostgresReportReader {
         let sql = format!(
             "SELECT r.account_id, j.reason, count(*) FROM rejected_rows j \
              JOIN sync_runs r ON r.id = j.run_id \
-             WHERE r.started_at >= $3 AND r.started_at < $4 AND r.{SCOPE} \
+             WHERE r.started_at >= $3 AND r.started_at < $4 AND {RUNS_SCOPE} \
              GROUP BY r.account_id, j.reason \
              ORDER BY r.account_id, count(*) DESC, j.reason"
         );

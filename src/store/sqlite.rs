@@ -719,9 +719,12 @@ impl SqliteStaging {
 const REPORT_ACTION: &str = "reading the report's figures";
 
 /// The accounts a report reads, as a condition on an `account_id` column; `?1` and `?2` are
-/// the scope's customer and sub-account (NULL: any).
-const SCOPE: &str = "account_id IN (SELECT id FROM accounts \
-    WHERE (?1 IS NULL OR customer_id = ?1) AND (?2 IS NULL OR sub_account_id = ?2))";
+/// the scope's customer and sub-account (NULL: any). Every account: no look-up at all.
+const SCOPE: &str = "(?1 IS NULL OR account_id IN (SELECT id FROM accounts \
+    WHERE customer_id = ?1 AND (?2 IS NULL OR sub_account_id = ?2)))";
+/// [`SCOPE`] on the runs of a join, `r`.
+const RUNS_SCOPE: &str = "(?1 IS NULL OR r.account_id IN (SELECT id FROM accounts \
+    WHERE customer_id = ?1 AND (?2 IS NULL OR sub_account_id = ?2)))";
 
 /// Whole seconds since 1970 of a stored timestamp (its milliseconds dropped: every bucket
 /// of the report starts on a whole second, so they never change which one it falls in).
@@ -995,7 +998,7 @@ impl SqliteReportReader {
         let sql = format!(
             "SELECT r.account_id, j.reason, count(*) FROM rejected_rows j \
              JOIN sync_runs r ON r.id = j.run_id \
-             WHERE r.started_at >= ?3 AND r.started_at < ?4 AND r.{SCOPE} \
+             WHERE r.started_at >= ?3 AND r.started_at < ?4 AND {RUNS_SCOPE} \
              GROUP BY r.account_id, j.reason \
              ORDER BY r.account_id, count(*) DESC, j.reason"
         );
