@@ -982,15 +982,22 @@ async fn refresh_statistics(pool: &PgPool) {
 
 const REPORT_ACTION: &str = "reading the report's figures";
 
-/// The accounts a report reads, as a condition on an `account_id` column; `$1` and `$2` are
-/// the scope's customer and sub-account (NULL: any). An unnamed statement is planned with
-/// its parameters' values, so for every account `$1 IS NULL` folds to true and no look-up
-/// (a hash join over every row of the period, measured at a fifth of the statement) is made.
-const SCOPE: &str = "($1::bigint IS NULL OR account_id IN (SELECT id FROM accounts \
-    WHERE customer_id = $1 AND ($2::bigint IS NULL OR sub_account_id = $2)))";
-/// [`SCOPE`] on the runs of a join, `r`.
-const RUNS_SCOPE: &str = "($1::bigint IS NULL OR r.account_id IN (SELECT id FROM accounts \
-    WHERE customer_id = $1 AND ($2::bigint IS NULL OR sub_account_id = $2)))";
+/// The accounts a report reads, as a condition on `column` (an account id); `$1` and `$2`
+/// are the scope's customer and sub-account. For every account no look-up is made (a hash
+/// join over every session of the period was measured at a fifth of the statement): the
+/// condition names both parameters, always true, and an unnamed statement is planned with
+/// their values, so it folds away. For a customer, a semi-join that lets the planner reach
+/// the account's sessions through the primary key.
+fn scope_sql(scope: ReportScope, column: &str) -> String {
+    if scope.customer.is_none() {
+        "($1::bigint IS NULL AND $2::bigint IS NULL)".to_owned()
+    } else {
+        format!(
+            "{column} IN (SELECT id FROM accounts \
+             WHERE customer_id = $1 AND ($2::bigint IS NULL OR sub_account_id = $2))"
+        )
+    }
+}
 
 /// A timestamp column as local time in a [`TzPiece`] whose offset is `$5` seconds.
 fn local(column: &str) -> String {
@@ -1046,13 +1053,14 @@ impl PostgresReportReader {
         piece: TzPiece,
         each: &mut (dyn FnMut(Counted) + Send),
     ) -> Result<(), StoreError> {
+        let only = scope_sql(scope, "account_id");
         let sql = format!(
             "SELECT account_id, \
                  floor((date_part('epoch', session_created_at) + $5::int) / 3600)::bigint \
                      AS hour, \
                  count(*) \
              FROM sessions \
-             WHERE session_created_at >= $3 AND session_created_at < $4 AND {SCOPE} \
+             WHERE session_created_at >= $3 AND session_created_at < $4 AND {only} \
              GROUP BY account_id, hour"
         );
         let mut rows = q(&sql)
@@ -1081,6 +1089,7 @@ impl PostgresReportReader {
         scope: ReportScope,
         piece: TzPiece,
     ) -> Result<Vec<Counted>, StoreError> {
+        let only = scope_sql(scope, "account_id");
         let sql = format!(
             "SELECT account_id, \
                  greatest(least(floor(date_part('epoch', closed_at - session_created_at) \
@@ -1088,7 +1097,7 @@ impl PostgresReportReader {
                  count(*) \
              FROM sessions \
              WHERE session_created_at >= $3 AND session_created_at < $4 \
-               AND closed_at IS NOT NULL AND {SCOPE} \
+               AND closed_at IS NOT NULL AND {only} \
              GROUP BY account_id, hours"
         );
         let rows = q(&sql)
@@ -1114,6 +1123,7 @@ impl PostgresReportReader {
         scope: ReportScope,
         piece: TzPiece,
     ) -> Result<Vec<RunsOfDay>, StoreError> {
+        let only = scope_sql(scope, "account_id");
         let sql = format!(
             "SELECT account_id, ({}::date - date '1970-01-01')::bigint AS day, \
                  count(*) FILTER (WHERE status = 'succeeded'), \
@@ -1121,7 +1131,7 @@ impl PostgresReportReader {
                  count(*) FILTER (WHERE status = 'abandoned'), \
                  sum(rows_rejected)::bigint \
              FROM sync_runs \
-             WHERE started_at >= $3 AND started_at < $4 AND status <> 'running' AND {SCOPE} \
+             WHERE started_at >= $3 AND started_at < $4 AND status <> 'running' AND {only} \
              GROUP BY account_id, day",
             local("started_at")
         );
@@ -1153,11 +1163,12 @@ impl PostgresReportReader {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<i64, StoreError> {
+        let only = scope_sql(scope, "account_id");
         let sql = format!(
             "SELECT coalesce(max(polls), 0)::bigint FROM ( \
                  SELECT count(*) AS polls FROM sync_runs \
                  WHERE status = 'succeeded' AND sessions_open IS NOT NULL \
-                   AND started_at >= $3 AND started_at < $4 AND {SCOPE} \
+                   AND started_at >= $3 AND started_at < $4 AND {only} \
                  GROUP BY account_id) p"
         );
         q_scalar(&sql)
@@ -1177,9 +1188,10 @@ impl PostgresReportReader {
         to: Timestamp,
         step: Option<i64>,
     ) -> Result<Vec<OpenPoint>, StoreError> {
+        let only = scope_sql(scope, "account_id");
         let filter = format!(
             "status = 'succeeded' AND sessions_open IS NOT NULL \
-             AND started_at >= $3 AND started_at < $4 AND {SCOPE}"
+             AND started_at >= $3 AND started_at < $4 AND {only}"
         );
         let sql = match step {
             None => format!(
@@ -1242,10 +1254,11 @@ impl PostgresReportReader {
         to: Timestamp,
         limit: i64,
     ) -> Result<Vec<FailedRunRow>, StoreError> {
+        let only = scope_sql(scope, "account_id");
         let sql = format!(
             "SELECT account_id, started_at, status, error FROM sync_runs \
              WHERE status IN ('failed', 'abandoned') AND started_at >= $3 AND started_at < $4 \
-               AND {SCOPE} \
+               AND {only} \
              ORDER BY started_at DESC, id DESC LIMIT $5"
         );
         let rows = q(&sql)
@@ -1276,10 +1289,11 @@ impl PostgresReportReader {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<RejectedReason>, StoreError> {
+        let only_runs = scope_sql(scope, "r.account_id");
         let sql = format!(
             "SELECT r.account_id, j.reason, count(*) FROM rejected_rows j \
              JOIN sync_runs r ON r.id = j.run_id \
-             WHERE r.started_at >= $3 AND r.started_at < $4 AND {RUNS_SCOPE} \
+             WHERE r.started_at >= $3 AND r.started_at < $4 AND {only_runs} \
              GROUP BY r.account_id, j.reason \
              ORDER BY r.account_id, count(*) DESC, j.reason"
         );

@@ -718,13 +718,19 @@ impl SqliteStaging {
 
 const REPORT_ACTION: &str = "reading the report's figures";
 
-/// The accounts a report reads, as a condition on an `account_id` column; `?1` and `?2` are
-/// the scope's customer and sub-account (NULL: any). Every account: no look-up at all.
-const SCOPE: &str = "(?1 IS NULL OR account_id IN (SELECT id FROM accounts \
-    WHERE customer_id = ?1 AND (?2 IS NULL OR sub_account_id = ?2)))";
-/// [`SCOPE`] on the runs of a join, `r`.
-const RUNS_SCOPE: &str = "(?1 IS NULL OR r.account_id IN (SELECT id FROM accounts \
-    WHERE customer_id = ?1 AND (?2 IS NULL OR sub_account_id = ?2)))";
+/// The accounts a report reads, as a condition on `column` (an account id); `?1` and `?2`
+/// are the scope's customer and sub-account. For every account the condition is always
+/// true (it still names both parameters, which are bound either way).
+fn scope_sql(scope: ReportScope, column: &str) -> String {
+    if scope.customer.is_none() {
+        "(?1 IS NULL AND ?2 IS NULL)".to_owned()
+    } else {
+        format!(
+            "{column} IN (SELECT id FROM accounts \
+             WHERE customer_id = ?1 AND (?2 IS NULL OR sub_account_id = ?2))"
+        )
+    }
+}
 
 /// Whole seconds since 1970 of a stored timestamp (its milliseconds dropped: every bucket
 /// of the report starts on a whole second, so they never change which one it falls in).
@@ -776,9 +782,10 @@ impl SqliteReportReader {
         each: &mut (dyn FnMut(Counted) + Send),
     ) -> Result<(), StoreError> {
         use futures_util::TryStreamExt;
+        let only = scope_sql(scope, "account_id");
         let sql = format!(
             "SELECT account_id, ({} + ?5) / 3600 AS hour, count(*) FROM sessions \
-             WHERE session_created_at >= ?3 AND session_created_at < ?4 AND {SCOPE} \
+             WHERE session_created_at >= ?3 AND session_created_at < ?4 AND {only} \
              GROUP BY account_id, hour",
             unix_secs("session_created_at")
         );
@@ -807,6 +814,7 @@ impl SqliteReportReader {
         let (from, to) = (piece.from, piece.to);
         // The analysts' recipe "How long do sessions stay listed", kept within 0 to 24 (a
         // vendor's clock ahead of ours can put closed_at a little before the creation).
+        let only = scope_sql(scope, "account_id");
         let sql = format!(
             "SELECT account_id, \
                  max(min(CAST(round((julianday(closed_at) - julianday(session_created_at)) \
@@ -814,7 +822,7 @@ impl SqliteReportReader {
                  count(*) \
              FROM sessions \
              WHERE session_created_at >= ?3 AND session_created_at < ?4 \
-               AND closed_at IS NOT NULL AND {SCOPE} \
+               AND closed_at IS NOT NULL AND {only} \
              GROUP BY account_id, hours"
         );
         let rows = sqlx::query(&sql)
@@ -840,12 +848,13 @@ impl SqliteReportReader {
         scope: ReportScope,
         piece: TzPiece,
     ) -> Result<Vec<RunsOfDay>, StoreError> {
+        let only = scope_sql(scope, "account_id");
         let sql = format!(
             "SELECT account_id, ({} + ?5) / 86400 AS day, \
                  sum(status = 'succeeded'), sum(status = 'failed'), sum(status = 'abandoned'), \
                  sum(rows_rejected) \
              FROM sync_runs \
-             WHERE started_at >= ?3 AND started_at < ?4 AND status <> 'running' AND {SCOPE} \
+             WHERE started_at >= ?3 AND started_at < ?4 AND status <> 'running' AND {only} \
              GROUP BY account_id, day",
             unix_secs("started_at")
         );
@@ -877,11 +886,12 @@ impl SqliteReportReader {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<i64, StoreError> {
+        let only = scope_sql(scope, "account_id");
         let sql = format!(
             "SELECT coalesce(max(polls), 0) FROM ( \
                  SELECT count(*) AS polls FROM sync_runs \
                  WHERE status = 'succeeded' AND sessions_open IS NOT NULL \
-                   AND started_at >= ?3 AND started_at < ?4 AND {SCOPE} \
+                   AND started_at >= ?3 AND started_at < ?4 AND {only} \
                  GROUP BY account_id)"
         );
         sqlx::query_scalar(&sql)
@@ -901,9 +911,10 @@ impl SqliteReportReader {
         to: Timestamp,
         step: Option<i64>,
     ) -> Result<Vec<OpenPoint>, StoreError> {
+        let only = scope_sql(scope, "account_id");
         let filter = format!(
             "status = 'succeeded' AND sessions_open IS NOT NULL \
-             AND started_at >= ?3 AND started_at < ?4 AND {SCOPE}"
+             AND started_at >= ?3 AND started_at < ?4 AND {only}"
         );
         // With a step, SQLite takes the bare columns from the row where max() found its
         // value: the step's last run.
@@ -961,10 +972,11 @@ impl SqliteReportReader {
         to: Timestamp,
         limit: i64,
     ) -> Result<Vec<FailedRunRow>, StoreError> {
+        let only = scope_sql(scope, "account_id");
         let sql = format!(
             "SELECT account_id, started_at, status, error FROM sync_runs \
              WHERE status IN ('failed', 'abandoned') AND started_at >= ?3 AND started_at < ?4 \
-               AND {SCOPE} \
+               AND {only} \
              ORDER BY started_at DESC, id DESC LIMIT ?5"
         );
         let rows = sqlx::query(&sql)
@@ -995,10 +1007,11 @@ impl SqliteReportReader {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Vec<RejectedReason>, StoreError> {
+        let only_runs = scope_sql(scope, "r.account_id");
         let sql = format!(
             "SELECT r.account_id, j.reason, count(*) FROM rejected_rows j \
              JOIN sync_runs r ON r.id = j.run_id \
-             WHERE r.started_at >= ?3 AND r.started_at < ?4 AND {RUNS_SCOPE} \
+             WHERE r.started_at >= ?3 AND r.started_at < ?4 AND {only_runs} \
              GROUP BY r.account_id, j.reason \
              ORDER BY r.account_id, count(*) DESC, j.reason"
         );
