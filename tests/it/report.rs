@@ -495,6 +495,16 @@ async fn the_report_works_on_an_empty_database_and_refuses_what_cannot_be_answer
     assert!(tables[&("open-sessions".to_owned(), "all".to_owned())].is_empty());
     assert!(html.contains("no successful poll recorded its open sessions"));
 
+    // The database is all it needs: a host without the vendor's token makes it too.
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("token = \"{}\"", crate::helpers::TOKEN),
+        "token_file = \"not-on-this-host\"",
+    );
+    let reader = dir.path().join("reader.toml");
+    std::fs::write(&reader, text).unwrap();
+    report(&reader, &dir.path().join("reader.html"), &[]).await;
+    assert!(h.vendor.requests().is_empty());
+
     for (args, says) in [
         (vec!["--tz", "Mars/Olympus_Mons"], "unknown time zone"),
         (
@@ -665,6 +675,9 @@ async fn long_histories_are_drawn_a_poll_per_step_and_days_follow_the_zone_s_clo
         .collect();
     assert_eq!(table("open-sessions"), expected);
     assert!(html.contains("the last successful poll of each 15 minutes"));
+    // Its last success was months ago: stale.
+    let account = &tables[&("accounts".to_owned(), "all".to_owned())][0];
+    assert!(account[3].ends_with("stale"), "{account:?}");
     // Polls per day by result, in Lisbon's days.
     let runs = h
         .db
