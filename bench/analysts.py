@@ -27,6 +27,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from urllib.parse import urlparse, urlunparse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -244,6 +245,25 @@ def recipes(markdown, backend):
     return out
 
 
+# The end of the generated history: the cookbook's "now".
+NOW = "2025-03-08 00:00:00Z"
+# Recipes that read the whole history by design (conversations chain every session of a
+# number); their time is reported, not held to the 1 s of the period recipes.
+SCANS_HISTORY = {
+    "How many conversations started each day, in a local time zone?",
+    "How long do conversations last, per account?",
+    "How many times are conversations renewed, per account?",
+}
+
+
+def renewals_backfill():
+    """The UPDATE of migrations/postgres/0004_renewals.sql that classifies closed sessions."""
+    with open(os.path.join(ROOT, "migrations/postgres/0004_renewals.sql")) as f:
+        text = f.read()
+    start = text.index("UPDATE sessions")
+    return text[start:text.index(";", start) + 1]
+
+
 def best_of_3(url, sql):
     """Seconds, best of 3 runs in one session (\\timing: server time plus transfer)."""
     script = "\\timing on\n\\o /dev/null\n" + (sql + "\n") * 3
@@ -334,9 +354,25 @@ def main():
     baseline_sql = "SELECT count(*) FROM sessions;"
     baseline = best_of_3(url, baseline_sql)
     rows = [("baseline: " + baseline_sql, baseline)]
+    # Migration 0004's back-fill of closed_reason, on this history (filled by SQL, so still
+    # unclassified): what upgrading a database of this size costs, once.
+    backfill = renewals_backfill()
+    psql(url, "UPDATE sessions SET closed_reason = NULL WHERE closed_reason IS NOT NULL")
+    started = time.perf_counter()
+    psql(url, backfill)
+    rows.append(("migration 0004: classify every closed session as renewed or ended",
+                 time.perf_counter() - started))
+    psql(url, "VACUUM ANALYZE sessions")
+    renewed = psql(url, "SELECT count(*) FILTER (WHERE closed_reason = 'renewed'), "
+                        "count(*) FILTER (WHERE closed_reason = 'ended') FROM sessions",
+                   "-At", "-F", " ").split()
+    print(f"back-filled: {renewed[0]} renewed, {renewed[1]} ended")
     slow = []
     with open(DOC) as f:
         for heading, sql in recipes(f.read(), "PostgreSQL"):
+            # The history ends at the cookbook's "now"; recipes that ask about the real now
+            # are asked about that one instead.
+            sql = sql.replace("now()", f"timestamptz '{NOW}'")
             secs = best_of_3(url, sql)
             rows.append((heading, secs))
             if secs > SLOW_SECS:
@@ -350,7 +386,8 @@ def main():
         print(psql(url, "EXPLAIN (ANALYZE, BUFFERS) " + sql))
     if not KEEP:
         psql(PG_ADMIN, f"DROP DATABASE {DB_NAME}")
-    if any(secs > 1.0 for _, secs in rows[1:]):
+    if any(secs > 1.0 for name, secs in rows[1:]
+           if not name.startswith("migration") and name not in SCANS_HISTORY):
         sys.exit("a cookbook query took more than 1 s")
 
 

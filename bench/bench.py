@@ -41,6 +41,10 @@ SCALE_ACCOUNTS = int(os.environ.get("BENCH_SCALE_ACCOUNTS", "10000"))
 SCALE_ROWS = int(os.environ.get("BENCH_SCALE_ROWS", "100"))
 SCALE_INSTANCES = int(os.environ.get("BENCH_SCALE_INSTANCES", "3"))
 FIRST_SCALE = 100001
+# Which parts to run: sqlite, pg, scale (default all), and compare (with BENCH_OTHER_BIN:
+# this build against another binary, say a previous commit's, in the same run; bench/compare).
+PARTS = set(os.environ.get("BENCH_PARTS", "sqlite,pg,scale").split(","))
+OTHER_BIN = os.environ.get("BENCH_OTHER_BIN")
 
 CUSTOMER_LARGE, CUSTOMER_HUGE, FIRST_MANY = 1, 2, 1001
 
@@ -144,6 +148,9 @@ class Bench:
 
     def add(self, measure, rows, secs, rss, base_secs, note=""):
         self.rows.append((measure, rows, secs, rss, base_secs, note))
+        # As it comes, too: a long run stopped half-way keeps what it measured.
+        ratio = f" ({secs / base_secs:.2f}x the limit)" if base_secs else ""
+        print(f"  {measure}: {secs:.2f} s{ratio}", flush=True)
 
     def config(self, name, db_url, customers, max_concurrent=4, cron=None):
         path = os.path.join(self.work, f"{name}.toml")
@@ -251,6 +258,57 @@ class Bench:
                      ROWS_LARGE, median(through), r, limit_again,
                      f"worst {max(through):.2f} s; pool_mode = transaction")
 
+    # -- This build against another -------------------------------------------------------
+    def compare(self):
+        """This build and BENCH_OTHER_BIN, each on its own database, poll for poll, on both
+        backends: a first sync, unchanged polls, and polls that slide the snapshot by 5%
+        (5% of the sessions close, 5% are new: the close and insert steps do real work)."""
+        large = self.csv(CUSTOMER_LARGE)
+        original = large + ".original"
+        shutil.copy(large, original)
+        slides = []
+        for k in range(1, max(3, REPEATS // 2) + 1):
+            path = os.path.join(self.work, f"slide-{k}.csv")
+            subprocess.run([VENDOR, "generate", "--rows", str(ROWS_LARGE), "--seed",
+                            str(CUSTOMER_LARGE), "--skip", str(k * ROWS_LARGE // 20),
+                            "--out", path], check=True)
+            slides.append(path)
+        backends = ["SQLite"] + (["PostgreSQL"] if PG_ADMIN else [])
+        for backend in backends:
+            configs = {}
+            for name, binary in (("this", BIN), ("other", OTHER_BIN)):
+                if backend == "SQLite":
+                    url = "sqlite://" + os.path.join(self.work, f"compare-{name}.db")
+                else:
+                    url = fresh_pg(f"bench_compare_{name}")
+                config = self.config(f"compare-{backend}-{name}", url, [CUSTOMER_LARGE])
+                measured([binary, "migrate", "--config", config])
+                configs[name] = (binary, config)
+
+            def both():
+                times = {}
+                for name in ("this", "other"):
+                    binary, config = configs[name]
+                    times[name] = measured([binary, "sync", "--config", config],
+                                           env={**os.environ, "RUST_LOG": "warn"})[0]
+                return times["this"], times["other"]
+
+            shutil.copy(original, large)
+            phases = [("first sync", [both()])]
+            phases.append(("unchanged poll", [both() for _ in range(max(3, REPEATS // 2))]))
+            sliding = []
+            for path in slides:
+                shutil.copy(path, large)
+                sliding.append(both())
+            phases.append(("sliding poll (5% closed, 5% new)", sliding))
+            shutil.copy(original, large)
+            for phase, pairs in phases:
+                this = median([t for t, _ in pairs])
+                other = median([o for _, o in pairs])
+                worst = max(t / o for t, o in pairs)
+                self.add(f"{backend}: {phase}, this build / other", ROWS_LARGE, this, None, other,
+                         f"median of {len(pairs)}; worst pair {worst:.2f}x; other: {OTHER_BIN}")
+
     # -- Several instances, one tick ------------------------------------------------------
     def pg_scale(self):
         """One cron tick of SCALE_ACCOUNTS accounts, first with one instance, then with
@@ -332,6 +390,7 @@ class Bench:
         for measure, rows, secs, rss, base, note in self.rows:
             ratio = f"{secs / base:.2f}" if base else "-"
             base_s = f"{base:.2f}" if base else "-"
+            rss = rss if rss is not None else float("nan")
             print(f"{measure:<52} {rows:>9} {secs:>8.2f} {rows / secs:>10.0f} {rss:>8.1f} "
                   f"{base_s:>8} {ratio:>6}  {note}")
 
@@ -391,8 +450,12 @@ def main():
     work = tempfile.mkdtemp(prefix="session-sync-bench.")
     try:
         print(f"generating snapshots in {work} (seed 1) ...", flush=True)
-        gen = [(CUSTOMER_LARGE, ROWS_LARGE), (CUSTOMER_HUGE, ROWS_HUGE)] + [
-            (c, ROWS_EACH) for c in range(FIRST_MANY, FIRST_MANY + MANY_ACCOUNTS)]
+        gen = []
+        if PARTS & {"sqlite", "pg", "compare"}:
+            gen = [(CUSTOMER_LARGE, ROWS_LARGE)]
+        if "sqlite" in PARTS:
+            gen += [(CUSTOMER_HUGE, ROWS_HUGE)] + [
+                (c, ROWS_EACH) for c in range(FIRST_MANY, FIRST_MANY + MANY_ACCOUNTS)]
         for customer, rows in gen:
             subprocess.run([VENDOR, "generate", "--rows", str(rows), "--seed", str(customer),
                             "--out", os.path.join(work, f"{customer}.csv")], check=True)
@@ -400,11 +463,18 @@ def main():
         try:
             url = vendor.stdout.readline().split()[-1]
             bench = Bench(work, url)
-            print("SQLite ...", flush=True)
-            bench.sqlite_runs()
-            if PG_ADMIN:
+            if "sqlite" in PARTS:
+                print("SQLite ...", flush=True)
+                bench.sqlite_runs()
+            if PG_ADMIN and "pg" in PARTS:
                 print("PostgreSQL ...", flush=True)
                 bench.pg_runs()
+            if "compare" in PARTS:
+                if not OTHER_BIN:
+                    sys.exit("BENCH_PARTS=compare needs BENCH_OTHER_BIN (see bench/compare)")
+                print(f"This build against {OTHER_BIN} ...", flush=True)
+                bench.compare()
+            if PG_ADMIN and "scale" in PARTS:
                 print("Several instances, one tick ...", flush=True)
                 bench.pg_scale()
             else:

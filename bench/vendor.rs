@@ -3,7 +3,7 @@
 //! files from disk so that the server's memory does not depend on their size.
 //!
 //! ```text
-//! bench-vendor generate --rows N --seed S --out FILE
+//! bench-vendor generate --rows N --seed S [--skip K] --out FILE   # rows K..K+N of seed S
 //! bench-vendor generate-many --first C --accounts N --rows R --dir DIR   # DIR/C.csv ... (seed = C)
 //! bench-vendor serve --dir DIR     # prints "listening on http://127.0.0.1:PORT"
 //! ```
@@ -43,10 +43,10 @@ fn iso(ms: i64) -> String {
         .to_string()
 }
 
-fn generate(rows: u64, seed: u64, out: PathBuf) -> std::io::Result<()> {
+fn generate(rows: u64, seed: u64, skip: u64, out: PathBuf) -> std::io::Result<()> {
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
     w.write_all(b"source,session_created_at\n")?;
-    for i in 0..rows {
+    for i in skip..skip + rows {
         let (number, created) = row(i, seed);
         writeln!(w, "{number},{}", iso(created))?;
     }
@@ -105,7 +105,10 @@ async fn main() -> std::io::Result<()> {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
             let out = PathBuf::from(arg(&args, "--out").unwrap_or_else(|| "snapshot.csv".into()));
-            generate(rows, seed, out)
+            let skip = arg(&args, "--skip")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            generate(rows, seed, skip, out)
         }
         Some("generate-many") => {
             let num = |name: &str, default: u64| {
@@ -117,7 +120,7 @@ async fn main() -> std::io::Result<()> {
                 (num("--first", 1), num("--accounts", 10), num("--rows", 100));
             let dir = PathBuf::from(arg(&args, "--dir").unwrap_or_else(|| ".".into()));
             for customer in first..first + accounts {
-                generate(rows, customer, dir.join(format!("{customer}.csv")))?;
+                generate(rows, customer, 0, dir.join(format!("{customer}.csv")))?;
             }
             Ok(())
         }
@@ -135,7 +138,7 @@ async fn main() -> std::io::Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: bench-vendor generate --rows N --seed S --out FILE \
+                "usage: bench-vendor generate --rows N --seed S [--skip K] --out FILE \
                  | generate-many --first C --accounts N --rows R --dir DIR | serve --dir DIR"
             );
             std::process::exit(2);

@@ -1,7 +1,9 @@
 //! The daemon: every account on its cron schedule until asked to stop.
 //!
 //! tokio-cron-scheduler fires the ticks; everything it lacks is here:
-//! - a tick only *starts* a run (spawned onto a [`TaskTracker`]) and returns at once, so a slow
+//! - one scheduler job per distinct schedule, whose tick starts the runs of all its accounts
+//!   (a job per account made the scheduler miss ticks with thousands of accounts);
+//! - a tick only *starts* runs (spawned onto a [`TaskTracker`]) and returns at once, so a slow
 //!   run never delays the scheduler nor another account's ticks;
 //! - a run of an account never overlaps the previous run of the same account: a tick that
 //!   finds it still running is skipped (and says so at debug level);
@@ -62,9 +64,27 @@ pub async fn run(
 
     let scheduler = JobScheduler::new().await?;
     let scheduler_accounts = accounts.len();
+    // One scheduler job per schedule, not per account: with thousands of accounts, a job
+    // each made the scheduler miss ticks (a missed tick of a cron job is simply not fired).
+    let mut schedules: Vec<(String, Vec<Slot>)> = Vec::new();
     for account in accounts {
-        let account = Arc::new(account);
-        let in_flight = Arc::new(Mutex::new(()));
+        let slot = Slot {
+            account: Arc::new(account),
+            in_flight: Arc::new(Mutex::new(())),
+        };
+        match schedules
+            .iter_mut()
+            .find(|(cron, _)| *cron == slot.account.config.cron)
+        {
+            Some((_, slots)) => slots.push(slot),
+            None => schedules.push((slot.account.config.cron.clone(), vec![slot])),
+        }
+    }
+    for (cron, slots) in schedules {
+        let slots = Arc::new(slots);
+        let schedule = Arc::new(
+            crate::config::parse_cron(&cron).map_err(|e| anyhow::anyhow!("cron {cron:?}: {e}"))?,
+        );
         let (ctx, semaphore, tracker, stop_starting, abort_running) = (
             ctx.clone(),
             semaphore.clone(),
@@ -72,15 +92,10 @@ pub async fn run(
             stop_starting.clone(),
             abort_running.clone(),
         );
-        let cron = account.config.cron.clone();
-        let schedule = Arc::new(
-            crate::config::parse_cron(&cron).map_err(|e| anyhow::anyhow!("cron {cron:?}: {e}"))?,
-        );
         let job = Job::new_async(cron.as_str(), move |_id, _scheduler| {
             let tick = scheduled_instant(&schedule, chrono::Utc::now());
-            let (account, in_flight, ctx, semaphore, tracker, stop_starting, abort_running) = (
-                account.clone(),
-                in_flight.clone(),
+            let (slots, ctx, semaphore, tracker, stop_starting, abort_running) = (
+                slots.clone(),
                 ctx.clone(),
                 semaphore.clone(),
                 tracker.clone(),
@@ -88,25 +103,39 @@ pub async fn run(
                 abort_running.clone(),
             );
             Box::pin(async move {
-                if stop_starting.is_cancelled() {
-                    return;
-                }
-                let Ok(guard) = in_flight.try_lock_owned() else {
-                    tracing::debug!(account = %account.label, "previous run still going; skipping this tick");
-                    return;
-                };
-                tracker.spawn(async move {
-                    let _guard = guard;
-                    // Stopping wins over a permit that frees up at the same moment.
-                    let permit = tokio::select! {
-                        biased;
-                        () = stop_starting.cancelled() => return,
-                        permit = semaphore.acquire_owned() => permit,
+                // A different order at each tick and in each instance: instances sharing the
+                // accounts then seldom reach for the same one at the same moment.
+                let mut order: Vec<usize> = (0..slots.len()).collect();
+                rand::seq::SliceRandom::shuffle(&mut order[..], &mut rand::rng());
+                for i in order {
+                    if stop_starting.is_cancelled() {
+                        return;
+                    }
+                    let slot = &slots[i];
+                    let Ok(guard) = slot.in_flight.clone().try_lock_owned() else {
+                        tracing::debug!(account = %slot.account.label, "previous run still going; skipping this tick");
+                        continue;
                     };
-                    let Ok(_permit) = permit else { return };
-                    // Errors are logged and recorded by sync_account itself.
-                    let _ = sync_account_for_tick(&ctx, &account, tick, &abort_running).await;
-                });
+                    let (account, ctx, semaphore, stop_starting, abort_running) = (
+                        slot.account.clone(),
+                        ctx.clone(),
+                        semaphore.clone(),
+                        stop_starting.clone(),
+                        abort_running.clone(),
+                    );
+                    tracker.spawn(async move {
+                        let _guard = guard;
+                        // Stopping wins over a permit that frees up at the same moment.
+                        let permit = tokio::select! {
+                            biased;
+                            () = stop_starting.cancelled() => return,
+                            permit = semaphore.acquire_owned() => permit,
+                        };
+                        let Ok(_permit) = permit else { return };
+                        // Errors are logged and recorded by sync_account itself.
+                        let _ = sync_account_for_tick(&ctx, &account, tick, &abort_running).await;
+                    });
+                }
             })
         })
         .map_err(|e| anyhow::anyhow!("cron {cron:?}: {e}"))?;
@@ -169,6 +198,13 @@ fn scheduled_instant(schedule: &croner::Cron, now: chrono::DateTime<chrono::Utc>
         .ok()
         .and_then(Timestamp::from_chrono)
         .unwrap_or_else(Timestamp::now)
+}
+
+/// An account as the schedule holds it: `in_flight` is held while one of its runs goes on,
+/// so a tick that finds it held skips the account.
+struct Slot {
+    account: Arc<Account>,
+    in_flight: Arc<Mutex<()>>,
 }
 
 /// Starts the open-sessions and last-success gauges of the configured accounts from the

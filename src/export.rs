@@ -68,6 +68,7 @@ struct Record<'a> {
     last_seen_at: Option<String>,
     closed_at: Option<String>,
     is_open: bool,
+    closed_reason: Option<&'a str>,
 }
 
 impl<'a> From<&'a HistoryRow> for Record<'a> {
@@ -83,6 +84,7 @@ impl<'a> From<&'a HistoryRow> for Record<'a> {
             last_seen_at: r.last_seen_at.map(Timestamp::to_iso),
             closed_at: r.closed_at.map(Timestamp::to_iso),
             is_open: r.is_open,
+            closed_reason: r.closed_reason.as_deref(),
         }
     }
 }
@@ -207,7 +209,7 @@ async fn write_rows(
     Ok(written)
 }
 
-const CSV_HEADER: [&str; 10] = [
+const CSV_HEADER: [&str; 11] = [
     "customer_id",
     "sub_account_id",
     "account_name",
@@ -218,6 +220,7 @@ const CSV_HEADER: [&str; 10] = [
     "last_seen_at",
     "closed_at",
     "is_open",
+    "closed_reason",
 ];
 
 fn csv_writer<W: AsyncWrite + Unpin>(out: W) -> csv_async::AsyncSerializer<W> {
@@ -280,6 +283,7 @@ mod tests {
             last_seen_at: None,
             closed_at: None,
             is_open: true,
+            closed_reason: None,
         };
         let mut out = Vec::new();
         {
@@ -291,9 +295,9 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "customer_id,sub_account_id,account_name,source,session_created_at,expires_at,\
-             first_seen_at,last_seen_at,closed_at,is_open\n\
+             first_seen_at,last_seen_at,closed_at,is_open,closed_reason\n\
              42,,\"a,b\",5519900000001,2026-11-01T00:00:00.000Z,2026-11-02T00:00:00.000Z,\
-             2026-11-01T00:05:00.000Z,,,true\n"
+             2026-11-01T00:05:00.000Z,,,true,\n"
         );
     }
 }

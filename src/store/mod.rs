@@ -536,14 +536,15 @@ impl Store {
         dispatch!(self, s => s.account_summaries().await)
     }
 
-    /// Each account's health, as `status` prints it and as the metrics start from:
-    /// `opened_since` bounds the count of recently opened sessions; `None` skips that count
-    /// (it reads every session of the account on SQLite).
+    /// Each account's health, as `status` prints it and as the metrics start from. With
+    /// `now`, also the figures relative to it ([`RecentFigures`]: they read the account's
+    /// recent sessions); `None` skips them.
     pub async fn account_statuses(
         &self,
-        opened_since: Option<Timestamp>,
+        now: Option<Timestamp>,
     ) -> Result<Vec<AccountStatus>, StoreError> {
-        dispatch!(self, s => s.account_statuses(opened_since).await)
+        let bounds = now.map(StatusBounds::at);
+        dispatch!(self, s => s.account_statuses(bounds).await)
     }
 
     /// Streams the `session_history` rows `filter` selects, oldest first: what `export`
@@ -638,9 +639,46 @@ pub struct AccountStatus {
     /// When the latest successful run finished.
     pub last_success: Option<Timestamp>,
     pub open_sessions: i64,
-    /// Sessions whose `session_created_at` is at or after the `opened_since` asked for
-    /// (`None` when none was).
-    pub opened_since: Option<i64>,
+    /// Asked for with a `now`: see [`Store::account_statuses`].
+    pub recent: Option<RecentFigures>,
+}
+
+/// An account's figures relative to a moment, `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecentFigures {
+    /// Sessions created in the 24 hours before.
+    pub opened_24h: i64,
+    /// Open sessions whose window ends within the hour after.
+    pub expiring_1h: i64,
+    /// Of the sessions created in the 7 days before: those whose `expires_at` has passed,
+    /// those of them a successful run still listed after it, those closed, and those of them
+    /// closed as `renewed`: what the vendor does with `session_created_at` (see
+    /// docs/analysts.md).
+    pub expired_7d: i64,
+    pub listed_past_expiry_7d: i64,
+    pub closed_7d: i64,
+    pub renewed_7d: i64,
+}
+
+/// The instants [`RecentFigures`] are counted between, for the backends' queries.
+#[derive(Debug, Clone, Copy)]
+struct StatusBounds {
+    now: Timestamp,
+    day_ago: Timestamp,
+    week_ago: Timestamp,
+    hour_ahead: Timestamp,
+}
+
+impl StatusBounds {
+    fn at(now: Timestamp) -> StatusBounds {
+        let shifted = |ms: i64| Timestamp::from_millis(now.as_millis() + ms).unwrap_or(now);
+        StatusBounds {
+            now,
+            day_ago: shifted(-86_400_000),
+            week_ago: shifted(-7 * 86_400_000),
+            hour_ahead: shifted(3_600_000),
+        }
+    }
 }
 
 /// Which `session_history` rows [`Store::export_history`] streams.
@@ -667,6 +705,8 @@ pub struct HistoryRow {
     pub last_seen_at: Option<Timestamp>,
     pub closed_at: Option<Timestamp>,
     pub is_open: bool,
+    /// `renewed` or `ended`; `None` while open.
+    pub closed_reason: Option<String>,
 }
 
 /// A run that ended, with its outcome.

@@ -64,7 +64,7 @@ where
 /// `export`: the view's rows, oldest first (accounts without a sub-account before those with).
 const EXPORT_SQL: &str = "\
     SELECT customer_id, sub_account_id, account_name, source, session_created_at, expires_at, \
-        first_seen_at, last_seen_at, closed_at, is_open \
+        first_seen_at, last_seen_at, closed_at, is_open, closed_reason \
     FROM session_history \
     WHERE session_created_at >= $1 AND ($2::timestamptz IS NULL OR session_created_at < $2) \
         AND ($3::bigint IS NULL OR customer_id = $3) AND ($4::bigint IS NULL OR sub_account_id = $4) \
@@ -90,23 +90,49 @@ fn history_row(r: &PgRow) -> Result<HistoryRow, sqlx::Error> {
         last_seen_at: ts_at(r, 7),
         closed_at: ts_at(r, 8),
         is_open: r.try_get(9)?,
+        closed_reason: r.try_get(10)?,
     })
 }
 
-/// Each account's latest finished run, last success and session counts.
+/// Each account's latest finished run, last success and open sessions, and with a `now`
+/// (parameter 1; 2, 3 and 4 are a day before, a week before and an hour after it) the
+/// figures of `super::RecentFigures`.
 const ACCOUNT_STATUS_SQL: &str = "\
+    WITH recent AS ( \
+        SELECT s.account_id, \
+            count(*) FILTER (WHERE s.session_created_at >= $2) AS opened_24h, \
+            count(*) FILTER (WHERE s.expires_at <= $1::timestamptz) AS expired, \
+            count(*) FILTER (WHERE s.expires_at <= $1::timestamptz AND EXISTS ( \
+                SELECT 1 FROM sync_runs r \
+                WHERE r.account_id = s.account_id AND r.status = 'succeeded' \
+                  AND r.started_at > s.expires_at \
+                  AND (s.closed_at IS NULL OR r.started_at < s.closed_at))) AS listed_past_expiry, \
+            count(*) FILTER (WHERE s.closed_at IS NOT NULL) AS closed, \
+            count(*) FILTER (WHERE s.closed_reason = 'renewed') AS renewed \
+        FROM sessions s \
+        WHERE $1::timestamptz IS NOT NULL AND s.session_created_at >= $3 \
+        GROUP BY s.account_id \
+    ), expiring AS ( \
+        SELECT s.account_id, count(*) AS n FROM sessions s \
+        WHERE $1::timestamptz IS NOT NULL AND s.closed_at IS NULL \
+          AND s.expires_at >= $1::timestamptz AND s.expires_at < $4 \
+        GROUP BY s.account_id \
+    ) \
     SELECT a.customer_id, a.sub_account_id, a.name, \
         coalesce(last_run.finished_at, last_run.started_at), last_run.status, last_run.error, \
         (SELECT r.finished_at FROM sync_runs r \
          WHERE r.account_id = a.id AND r.status = 'succeeded' \
          ORDER BY r.started_at DESC LIMIT 1), \
         (SELECT count(*) FROM sessions s WHERE s.account_id = a.id AND s.closed_at IS NULL), \
-        CASE WHEN $1::timestamptz IS NOT NULL THEN (SELECT count(*) FROM sessions s \
-         WHERE s.account_id = a.id AND s.session_created_at >= $1) END \
+        $1::timestamptz IS NOT NULL, coalesce(rc.opened_24h, 0), coalesce(ex.n, 0), \
+        coalesce(rc.expired, 0), coalesce(rc.listed_past_expiry, 0), coalesce(rc.closed, 0), \
+        coalesce(rc.renewed, 0) \
     FROM accounts a \
     LEFT JOIN sync_runs last_run ON last_run.id = ( \
         SELECT r.id FROM sync_runs r WHERE r.account_id = a.id AND r.status <> 'running' \
         ORDER BY r.started_at DESC, r.id DESC LIMIT 1) \
+    LEFT JOIN recent rc ON rc.account_id = a.id \
+    LEFT JOIN expiring ex ON ex.account_id = a.id \
     ORDER BY a.customer_id, a.sub_account_id IS NOT NULL, a.sub_account_id";
 
 fn ts_at(row: &PgRow, i: usize) -> Option<Timestamp> {
@@ -476,7 +502,13 @@ impl PostgresStore {
                       expires_at timestamptz NOT NULL) ON COMMIT DELETE ROWS;
                  CREATE TEMP TABLE IF NOT EXISTS session_sync_rejected \
                      (line_number bigint NOT NULL, raw_record text NOT NULL, reason text NOT NULL, \
-                      listed_source text) ON COMMIT DELETE ROWS;",
+                      listed_source text) ON COMMIT DELETE ROWS;
+                 CREATE TEMP TABLE IF NOT EXISTS session_sync_closed \
+                     (source text NOT NULL, created_at timestamptz NOT NULL) \
+                     ON COMMIT DELETE ROWS;
+                 CREATE TEMP TABLE IF NOT EXISTS session_sync_renewed \
+                     (source text NOT NULL, created_at timestamptz NOT NULL) \
+                     ON COMMIT DELETE ROWS;",
             )
             .await
             .doing(ACTION)?;
@@ -511,34 +543,22 @@ impl PostgresStore {
             .collect())
     }
 
-    pub async fn account_statuses(
+    pub(super) async fn account_statuses(
         &self,
-        opened_since: Option<Timestamp>,
+        bounds: Option<super::StatusBounds>,
     ) -> Result<Vec<AccountStatus>, StoreError> {
         const ACTION: &str = "reading each account's status";
         let mut tx = self.pool.begin().await.doing(ACTION)?;
         let rows = q(ACCOUNT_STATUS_SQL)
-            .bind(opened_since.map(tz))
+            .bind(bounds.map(|b| tz(b.now)))
+            .bind(bounds.map(|b| tz(b.day_ago)))
+            .bind(bounds.map(|b| tz(b.week_ago)))
+            .bind(bounds.map(|b| tz(b.hour_ahead)))
             .fetch_all(&mut *tx)
             .await
             .doing(ACTION)?;
         tx.commit().await.doing(ACTION)?;
-        Ok(rows
-            .iter()
-            .map(|r| AccountStatus {
-                customer_id: r.get(0),
-                sub_account_id: r.get(1),
-                name: r.get(2),
-                last_run: ts_at(r, 3).map(|finished_at| FinishedRun {
-                    finished_at,
-                    status: r.get(4),
-                    error: r.get(5),
-                }),
-                last_success: ts_at(r, 6),
-                open_sessions: r.get(7),
-                opened_since: r.get(8),
-            })
-            .collect())
+        Ok(rows.iter().map(account_status).collect())
     }
 
     /// Streams the rows from a task that owns the read's transaction (a stream that borrowed
@@ -810,12 +830,18 @@ impl PostgresStaging {
         tx.execute("SET LOCAL enable_nestloop = off")
             .await
             .doing("planning the close step")?;
-        let closed = q("UPDATE sessions s SET closed_at = $1 \
-             WHERE s.account_id = $2 AND s.closed_at IS NULL AND NOT EXISTS ( \
-                 SELECT 1 FROM session_sync_staged t \
-                 WHERE t.source = s.source AND t.created_at = s.session_created_at) \
-               AND NOT EXISTS ( \
-                 SELECT 1 FROM session_sync_rejected r WHERE r.listed_source = s.source)")
+        // Closed as 'ended'; those whose number this run lists with a later session become
+        // 'renewed' below.
+        let closed = q("WITH closed AS ( \
+                 UPDATE sessions s SET closed_at = $1, closed_reason = 'ended' \
+                 WHERE s.account_id = $2 AND s.closed_at IS NULL AND NOT EXISTS ( \
+                     SELECT 1 FROM session_sync_staged t \
+                     WHERE t.source = s.source AND t.created_at = s.session_created_at) \
+                   AND NOT EXISTS ( \
+                     SELECT 1 FROM session_sync_rejected r WHERE r.listed_source = s.source) \
+                 RETURNING s.source, s.session_created_at) \
+             INSERT INTO session_sync_closed (source, created_at) \
+             SELECT source, session_created_at FROM closed")
         .bind(now)
         .bind(p.account.0)
         .execute(&mut **tx)
@@ -823,6 +849,21 @@ impl PostgresStaging {
         .doing("closing sessions the snapshot no longer lists")?
         .rows_affected();
         p.mass_closure.check(closed, open_before as u64)?;
+        // The renewed among them: a hash join of those just closed with the snapshot (one
+        // pass over each), never a probe per closed session.
+        let renewed = if closed > 0 {
+            q("INSERT INTO session_sync_renewed (source, created_at) \
+               SELECT c.source, c.created_at FROM session_sync_closed c \
+               WHERE EXISTS ( \
+                 SELECT 1 FROM session_sync_staged t \
+                 WHERE t.source = c.source AND t.created_at > c.created_at)")
+            .execute(&mut **tx)
+            .await
+            .doing("telling renewed sessions from ended ones")?
+            .rows_affected()
+        } else {
+            0
+        };
         let new = q("INSERT INTO sessions \
                  (account_id, source, session_created_at, expires_at, first_seen_at) \
              SELECT $1, source, created_at, expires_at, $2 \
@@ -841,23 +882,28 @@ impl PostgresStaging {
         .fetch_one(&mut **tx)
         .await
         .doing("looking for protected numbers")?;
-        let reopened = if super::reopen_may_be_needed(
+        // The steps left are driven by a few rows (the snapshot's, or those just closed), each
+        // probing the primary key, never by the account's closed history, which only grows:
+        // hash and merge joins would scan it.
+        let reopen = super::reopen_may_be_needed(
             super::staged_rows(&p.counts),
             new,
             open_before as u64,
             closed,
             protected,
-        ) {
-            // Driven by the snapshot (a primary-key probe per staged row), never by the
-            // account's closed history, which only grows: hash and merge joins would scan it.
+        );
+        if reopen || renewed > 0 {
             tx.execute(
                 "SET LOCAL enable_nestloop = on; SET LOCAL enable_hashjoin = off; \
                  SET LOCAL enable_mergejoin = off",
             )
             .await
             .doing("planning the re-open step")?;
+        }
+        let reopened = if reopen {
             q(
-                "UPDATE sessions s SET closed_at = NULL FROM session_sync_staged t \
+                "UPDATE sessions s SET closed_at = NULL, closed_reason = NULL \
+               FROM session_sync_staged t \
                WHERE s.account_id = $1 AND s.closed_at IS NOT NULL \
                  AND s.source = t.source AND s.session_created_at = t.created_at",
             )
@@ -869,6 +915,17 @@ impl PostgresStaging {
         } else {
             0
         };
+        if renewed > 0 {
+            q(
+                "UPDATE sessions s SET closed_reason = 'renewed' FROM session_sync_renewed r \
+               WHERE s.account_id = $1 AND s.source = r.source \
+                 AND s.session_created_at = r.created_at",
+            )
+            .bind(p.account.0)
+            .execute(&mut **tx)
+            .await
+            .doing("marking renewed sessions")?;
+        }
         q(
             "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
            SELECT $1, line_number, raw_record, reason FROM session_sync_rejected \
@@ -1034,8 +1091,13 @@ impl PostgresReportReader {
     }
 
     pub async fn statuses(&mut self) -> Result<Vec<AccountStatus>, StoreError> {
+        // No `now`: the recent figures are `status`'s, not the report's.
+        let none = None::<chrono::DateTime<chrono::Utc>>;
         let rows = q(ACCOUNT_STATUS_SQL)
-            .bind(None::<chrono::DateTime<chrono::Utc>>)
+            .bind(none)
+            .bind(none)
+            .bind(none)
+            .bind(none)
             .fetch_all(&mut *self.tx)
             .await
             .doing(REPORT_ACTION)?;
@@ -1333,6 +1395,7 @@ fn open_points(rows: &[PgRow]) -> Result<Vec<OpenPoint>, StoreError> {
         .doing(REPORT_ACTION)
 }
 
+/// One row of `ACCOUNT_STATUS_SQL`, for `status` and the report alike.
 fn account_status(r: &PgRow) -> AccountStatus {
     AccountStatus {
         customer_id: r.get(0),
@@ -1345,6 +1408,13 @@ fn account_status(r: &PgRow) -> AccountStatus {
         }),
         last_success: ts_at(r, 6),
         open_sessions: r.get(7),
-        opened_since: r.get(8),
+        recent: r.get::<bool, _>(8).then(|| super::RecentFigures {
+            opened_24h: r.get(9),
+            expiring_1h: r.get(10),
+            expired_7d: r.get(11),
+            listed_past_expiry_7d: r.get(12),
+            closed_7d: r.get(13),
+            renewed_7d: r.get(14),
+        }),
     }
 }

@@ -29,7 +29,7 @@ use crate::timestamp::Timestamp;
 /// `export`: the view's rows, oldest first (accounts without a sub-account before those with).
 const EXPORT_SQL: &str = "\
     SELECT customer_id, sub_account_id, account_name, source, session_created_at, expires_at, \
-        first_seen_at, last_seen_at, closed_at, is_open \
+        first_seen_at, last_seen_at, closed_at, is_open, closed_reason \
     FROM session_history \
     WHERE session_created_at >= ?1 AND (?2 IS NULL OR session_created_at < ?2) \
         AND (?3 IS NULL OR customer_id = ?3) AND (?4 IS NULL OR sub_account_id = ?4) \
@@ -55,23 +55,49 @@ fn history_row(r: &sqlx::sqlite::SqliteRow) -> Result<HistoryRow, sqlx::Error> {
         last_seen_at: ts_at(r, 7),
         closed_at: ts_at(r, 8),
         is_open: r.try_get(9)?,
+        closed_reason: r.try_get(10)?,
     })
 }
 
-/// Each account's latest finished run, last success and session counts.
+/// Each account's latest finished run, last success and open sessions, and with a `now`
+/// (parameter 1; 2, 3 and 4 are a day before, a week before and an hour after it) the
+/// figures of `super::RecentFigures`.
 const ACCOUNT_STATUS_SQL: &str = "\
+    WITH recent AS ( \
+        SELECT s.account_id, \
+            sum(CASE WHEN s.session_created_at >= ?2 THEN 1 ELSE 0 END) AS opened_24h, \
+            sum(CASE WHEN s.expires_at <= ?1 THEN 1 ELSE 0 END) AS expired, \
+            sum(CASE WHEN s.expires_at <= ?1 AND EXISTS ( \
+                SELECT 1 FROM sync_runs r \
+                WHERE r.account_id = s.account_id AND r.status = 'succeeded' \
+                  AND r.started_at > s.expires_at \
+                  AND (s.closed_at IS NULL OR r.started_at < s.closed_at)) THEN 1 ELSE 0 END) AS listed_past_expiry, \
+            sum(CASE WHEN s.closed_at IS NOT NULL THEN 1 ELSE 0 END) AS closed, \
+            sum(CASE WHEN s.closed_reason = 'renewed' THEN 1 ELSE 0 END) AS renewed \
+        FROM sessions s \
+        WHERE ?1 IS NOT NULL AND s.session_created_at >= ?3 \
+        GROUP BY s.account_id \
+    ), expiring AS ( \
+        SELECT s.account_id, count(*) AS n FROM sessions s \
+        WHERE ?1 IS NOT NULL AND s.closed_at IS NULL \
+          AND s.expires_at >= ?1 AND s.expires_at < ?4 \
+        GROUP BY s.account_id \
+    ) \
     SELECT a.customer_id, a.sub_account_id, a.name, \
         coalesce(last_run.finished_at, last_run.started_at), last_run.status, last_run.error, \
         (SELECT r.finished_at FROM sync_runs r \
          WHERE r.account_id = a.id AND r.status = 'succeeded' \
          ORDER BY r.started_at DESC LIMIT 1), \
         (SELECT count(*) FROM sessions s WHERE s.account_id = a.id AND s.closed_at IS NULL), \
-        CASE WHEN ?1 IS NOT NULL THEN (SELECT count(*) FROM sessions s \
-         WHERE s.account_id = a.id AND s.session_created_at >= ?1) END \
+        ?1 IS NOT NULL, coalesce(rc.opened_24h, 0), coalesce(ex.n, 0), \
+        coalesce(rc.expired, 0), coalesce(rc.listed_past_expiry, 0), coalesce(rc.closed, 0), \
+        coalesce(rc.renewed, 0) \
     FROM accounts a \
     LEFT JOIN sync_runs last_run ON last_run.id = ( \
         SELECT r.id FROM sync_runs r WHERE r.account_id = a.id AND r.status <> 'running' \
         ORDER BY r.started_at DESC, r.id DESC LIMIT 1) \
+    LEFT JOIN recent rc ON rc.account_id = a.id \
+    LEFT JOIN expiring ex ON ex.account_id = a.id \
     ORDER BY a.customer_id, a.sub_account_id IS NOT NULL, a.sub_account_id";
 
 fn ts_at(row: &sqlx::sqlite::SqliteRow, i: usize) -> Option<Timestamp> {
@@ -342,31 +368,19 @@ impl SqliteStore {
             .collect())
     }
 
-    pub async fn account_statuses(
+    pub(super) async fn account_statuses(
         &self,
-        opened_since: Option<Timestamp>,
+        bounds: Option<super::StatusBounds>,
     ) -> Result<Vec<AccountStatus>, StoreError> {
         let rows = sqlx::query(ACCOUNT_STATUS_SQL)
-            .bind(opened_since.map(iso))
+            .bind(bounds.map(|b| iso(b.now)))
+            .bind(bounds.map(|b| iso(b.day_ago)))
+            .bind(bounds.map(|b| iso(b.week_ago)))
+            .bind(bounds.map(|b| iso(b.hour_ahead)))
             .fetch_all(&self.pool)
             .await
             .doing("reading each account's status")?;
-        Ok(rows
-            .iter()
-            .map(|r| AccountStatus {
-                customer_id: r.get(0),
-                sub_account_id: r.get(1),
-                name: r.get(2),
-                last_run: ts_at(r, 3).map(|finished_at| FinishedRun {
-                    finished_at,
-                    status: r.get(4),
-                    error: r.get(5),
-                }),
-                last_success: ts_at(r, 6),
-                open_sessions: r.get(7),
-                opened_since: r.get(8),
-            })
-            .collect())
+        Ok(rows.iter().map(account_status).collect())
     }
 
     pub fn export_history(
@@ -561,8 +575,14 @@ impl SqliteStaging {
         .fetch_one(&mut *tx)
         .await
         .doing("counting open sessions")?;
+        // 'renewed' when this run lists the number with a later session (a probe of the
+        // staging index per closed session), else 'ended'.
         let closed = sqlx::query(
-            "UPDATE sessions SET closed_at = ?1 \
+            "UPDATE sessions SET closed_at = ?1, closed_reason = CASE WHEN EXISTS ( \
+                 SELECT 1 FROM temp.staging_sessions t \
+                 WHERE t.source = sessions.source \
+                   AND t.created_at > sessions.session_created_at) \
+               THEN 'renewed' ELSE 'ended' END \
              WHERE account_id = ?2 AND closed_at IS NULL AND NOT EXISTS ( \
                  SELECT 1 FROM temp.staging_sessions t \
                  WHERE t.source = sessions.source AND t.created_at = sessions.session_created_at) \
@@ -607,7 +627,7 @@ impl SqliteStaging {
             // Driven by the snapshot in key order (a primary-key probe per staged row),
             // never by the account's closed history, which only grows.
             sqlx::query(
-                "UPDATE sessions SET closed_at = NULL \
+                "UPDATE sessions SET closed_at = NULL, closed_reason = NULL \
                  WHERE account_id = ?1 AND closed_at IS NOT NULL \
                    AND (source, session_created_at) IN ( \
                      SELECT source, created_at FROM temp.staging_sessions \
@@ -767,8 +787,13 @@ impl SqliteReportReader {
     }
 
     pub async fn statuses(&mut self) -> Result<Vec<AccountStatus>, StoreError> {
+        // No `now`: the recent figures are `status`'s, not the report's.
+        let none = None::<String>;
         let rows = sqlx::query(ACCOUNT_STATUS_SQL)
-            .bind(None::<String>)
+            .bind(none.clone())
+            .bind(none.clone())
+            .bind(none.clone())
+            .bind(none)
             .fetch_all(&mut *self.tx)
             .await
             .doing(REPORT_ACTION)?;
@@ -1051,6 +1076,7 @@ fn open_points(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<OpenPoint>, Store
         .doing(REPORT_ACTION)
 }
 
+/// One row of `ACCOUNT_STATUS_SQL`, for `status` and the report alike.
 fn account_status(r: &sqlx::sqlite::SqliteRow) -> AccountStatus {
     AccountStatus {
         customer_id: r.get(0),
@@ -1063,6 +1089,13 @@ fn account_status(r: &sqlx::sqlite::SqliteRow) -> AccountStatus {
         }),
         last_success: ts_at(r, 6),
         open_sessions: r.get(7),
-        opened_since: r.get(8),
+        recent: r.get::<bool, _>(8).then(|| super::RecentFigures {
+            opened_24h: r.get(9),
+            expiring_1h: r.get(10),
+            expired_7d: r.get(11),
+            listed_past_expiry_7d: r.get(12),
+            closed_7d: r.get(13),
+            renewed_7d: r.get(14),
+        }),
     }
 }

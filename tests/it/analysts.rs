@@ -7,7 +7,7 @@
 //! instant, and every session time a run wrote along with it: the same history, at known
 //! times.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Timelike, Utc};
 use session_sync::simulator::CdnFault;
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
@@ -15,6 +15,9 @@ use crate::helpers::{Backend, Harness, SessionRow, TestDb};
 use crate::on_both_backends;
 
 const DOC: &str = include_str!("../../docs/analysts.md");
+/// The doc's sections with recipes, each checked against its own history below.
+const COOKBOOK: &str = "Cookbook";
+const WINDOWS: &str = "Windows, renewals and conversations";
 
 /// One cookbook recipe: the question (its `###` heading) and its query on each backend.
 #[derive(Debug)]
@@ -24,11 +27,16 @@ struct Recipe {
     postgres: String,
 }
 
-/// The doc's recipes. Each ```sql block belongs to the `###` heading above it; in a block, a
-/// `-- SQLite` or `-- PostgreSQL` line marks the statements after it as that dialect's, and
-/// unmarked statements are for both. A statement ends with a line ending in `;`. Every
-/// heading with SQL must end up with exactly one query per backend.
-fn recipes(markdown: &str) -> Vec<Recipe> {
+/// The recipes of one `## ` section of the doc. Each ```sql block belongs to the `###`
+/// heading above it; in a block, a `-- SQLite` or `-- PostgreSQL` line marks the statements
+/// after it as that dialect's, and unmarked statements are for both. A statement ends with a
+/// line ending in `;`. Every heading with SQL must end up with exactly one query per backend.
+fn recipes(markdown: &str, section: &str) -> Vec<Recipe> {
+    let start = markdown
+        .find(&format!("\n## {section}\n"))
+        .unwrap_or_else(|| panic!("docs/analysts.md has no section {section:?}"));
+    let rest = &markdown[start + 1..];
+    let markdown = &rest[..rest[3..].find("\n## ").map_or(rest.len(), |end| end + 3)];
     // (heading, its statements with their dialect, None for both)
     type Statements = Vec<(Option<Backend>, String)>;
     let mut found: Vec<(String, Statements)> = Vec::new();
@@ -312,6 +320,8 @@ fn expected_sessions() -> Vec<SessionRow> {
                     .to_string(),
                 first_seen_at: seen.to_owned(),
                 closed_at: closed.map(str::to_owned),
+                // No number of this history comes back while its session is still listed.
+                closed_reason: closed.map(|_| "ended".to_owned()),
             }
         })
         .collect()
@@ -572,31 +582,39 @@ async fn every_cookbook_query_answers_its_question_on_a_synced_history(backend: 
     // The history the answers below are worked out from.
     assert_eq!(h.db.sessions().await, expected_sessions());
 
-    let expected = expected_answers();
-    let recipes = recipes(DOC);
+    answers_match(&h.db, COOKBOOK, &expected_answers()).await;
+}
+
+/// Runs every recipe of the doc's `section` on `db` and checks each answer, row by row, with
+/// [`matches`]: `expected` lists the questions in the doc's order with their answers.
+async fn answers_match<T: AsRef<str> + std::fmt::Debug>(
+    db: &TestDb,
+    section: &str,
+    expected: &[(&str, Vec<Vec<T>>)],
+) {
+    let recipes = recipes(DOC, section);
     assert_eq!(
         recipes
             .iter()
             .map(|r| r.question.as_str())
             .collect::<Vec<_>>(),
         expected.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
-        "every recipe of docs/analysts.md, in order, needs its expected answer here"
+        "every recipe of the doc's {section:?} section, in order, needs its expected answer"
     );
-    for (recipe, (_, rows)) in recipes.iter().zip(&expected) {
-        let sql = match backend {
+    for (recipe, (_, rows)) in recipes.iter().zip(expected) {
+        let sql = match db.backend {
             Backend::Sqlite => &recipe.sqlite,
             Backend::Postgres => &recipe.postgres,
         };
-        let got = answer(&h.db, sql).await;
+        let got = answer(db, sql).await;
         let same = got.len() == rows.len()
-            && got
-                .iter()
-                .zip(rows)
-                .all(|(g, e)| g.len() == e.len() && g.iter().zip(e).all(|(g, e)| matches(e, g)));
+            && got.iter().zip(rows).all(|(g, e)| {
+                g.len() == e.len() && g.iter().zip(e).all(|(g, e)| matches(e.as_ref(), g))
+            });
         assert!(
             same,
-            "{backend:?}: {:?}\nexpected {rows:#?}\ngot {got:#?}\nquery:\n{sql}",
-            recipe.question
+            "{:?}: {:?}\nexpected {rows:#?}\ngot {got:#?}\nquery:\n{sql}",
+            db.backend, recipe.question
         );
     }
 }
@@ -606,7 +624,7 @@ on_both_backends!(every_cookbook_query_answers_its_question_on_a_synced_history)
 #[test]
 fn every_recipe_has_one_query_per_backend() {
     // recipes() asserts it; the cookbook must not shrink unnoticed either.
-    assert_eq!(recipes(DOC).len(), expected_answers().len());
+    assert_eq!(recipes(DOC, COOKBOOK).len(), expected_answers().len());
 }
 
 /// On PostgreSQL the period recipes are fast because of the BRIN index sessions_by_created
@@ -617,7 +635,7 @@ async fn postgres_finds_a_period_s_sessions_through_the_index_on_session_created
         return;
     }
     let h = Harness::new(Backend::Postgres).await;
-    let recipe = recipes(DOC)
+    let recipe = recipes(DOC, COOKBOOK)
         .into_iter()
         .find(|r| {
             r.question
@@ -653,3 +671,213 @@ async fn postgres_finds_a_period_s_sessions_through_the_index_on_session_created
         "{plan:#?}"
     );
 }
+
+// -- Windows, renewals and conversations ----------------------------------------------------
+//
+// A second history, for the recipes about the window: it is told relative to the moment the
+// test runs, because those recipes ask about "now" and "the last 7 days". Customer 88's vendor
+// renews session_created_at when the customer writes again (R1 writes twice, each time before
+// the window ends: one conversation of three sessions); R2 comes back after its window
+// expired (two conversations), and the vendor lists R2's second session past its expires_at;
+// R3's window closes in 45 minutes. Customer 89's one session simply ends.
+
+const R1: &str = "5521900000001";
+const R2: &str = "5521900000002";
+const R3: &str = "5521900000003";
+const U1: &str = "5521900000009";
+
+const WINDOW_ACCOUNTS: &str = r#"
+[[accounts]]
+customer_id = 88
+name = "initech"
+[[accounts]]
+customer_id = 89
+name = "umbrella"
+"#;
+const WINDOW_KEYS: [(i64, Option<i64>); 2] = [(88, None), (89, None)];
+
+/// `minutes` before `base`, as the database stores moments.
+fn before(base: DateTime<Utc>, minutes: i64) -> String {
+    (base - chrono::Duration::minutes(minutes))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+const H: i64 = 60;
+
+/// The sessions, by name: (number, minutes before the test's start it was created).
+fn window_sessions() -> [(&'static str, &'static str, i64); 7] {
+    [
+        ("r2a", R2, 100 * H),
+        ("u1", U1, 60 * H),
+        ("r1a", R1, 50 * H),
+        ("r1b", R1, 40 * H),
+        ("r2b", R2, 30 * H),
+        ("r3", R3, 23 * H + 15),
+        ("r1c", R1, 20 * H),
+    ]
+}
+
+/// The polls, in order: (account index, minutes before the start, the sessions it lists).
+const WINDOW_PLAN: &[(usize, i64, &[&str])] = &[
+    (0, 99 * H, &["r2a"]),
+    (0, 70 * H, &[]),
+    (1, 59 * H, &["u1"]),
+    (0, 49 * H, &["r1a"]),
+    (0, 39 * H, &["r1b"]),
+    (1, 35 * H, &[]),
+    (0, 29 * H, &["r1b", "r2b"]),
+    (0, 19 * H, &["r1c", "r2b"]),
+    (0, 5 * H, &["r1c", "r2b"]),
+    (0, H, &["r1c", "r3"]),
+];
+
+fn window_expected_answers(base: DateTime<Utc>) -> Vec<(&'static str, Vec<Vec<String>>)> {
+    let at = |minutes: i64| before(base, minutes);
+    let initech = ["88", "NULL", "initech"];
+    let umbrella = ["89", "NULL", "umbrella"];
+    let row = |account: [&str; 3], rest: &[String]| -> Vec<String> {
+        account
+            .iter()
+            .map(|v| v.to_string())
+            .chain(rest.iter().cloned())
+            .collect()
+    };
+    let s = |v: &str| v.to_owned();
+    // The day a conversation started, in São Paulo (UTC-3 all year).
+    let local_day = |minutes: i64| {
+        (base - chrono::Duration::minutes(minutes) - chrono::Duration::hours(3))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let mut started: Vec<(String, String)> = [
+        ("initech", 100 * H),
+        ("initech", 50 * H),
+        ("initech", 30 * H),
+        ("initech", 23 * H + 15),
+        ("umbrella", 60 * H),
+    ]
+    .iter()
+    .map(|&(account, minutes)| (account.to_owned(), local_day(minutes)))
+    .collect();
+    started.sort();
+    let mut per_day: Vec<Vec<String>> = Vec::new();
+    for (account, day) in started {
+        let account = if account == "initech" {
+            initech
+        } else {
+            umbrella
+        };
+        match per_day.last_mut() {
+            Some(last) if last[2] == account[2] && last[3] == day => {
+                last[4] = (last[4].parse::<i64>().unwrap() + 1).to_string()
+            }
+            _ => per_day.push(row(account, &[day, s("1")])),
+        }
+    }
+    vec![
+        (
+            "How many conversations started each day, in a local time zone?",
+            per_day,
+        ),
+        (
+            "How long do conversations last, per account?",
+            // R2's first, 100 h to 70 h ago, and second, 30 h to 1 h ago; R1's goes on.
+            vec![
+                row(initech, &[s("2"), s("29"), s("30")]),
+                row(umbrella, &[s("1"), s("25"), s("25")]),
+            ],
+        ),
+        (
+            "How many times are conversations renewed, per account?",
+            vec![
+                row(initech, &[s("0"), s("3")]),
+                row(initech, &[s("2"), s("1")]),
+                row(umbrella, &[s("0"), s("1")]),
+            ],
+        ),
+        (
+            "Which windows close within the next hour?",
+            vec![row(
+                initech,
+                &[
+                    s(R3),
+                    at(23 * H + 15),
+                    before(base, 23 * H + 15 - 24 * H),
+                    s("44"),
+                ],
+            )],
+        ),
+        (
+            "Does the vendor renew session_created_at? Per account, over the last 7 days",
+            // initech: four sessions have expired; R2's second was still listed 1 h after
+            // its expires_at. Of the four closed, R1's first two were renewed.
+            vec![
+                row(initech, &[s("4"), s("1"), s("25"), s("4"), s("2"), s("50")]),
+                row(umbrella, &[s("1"), s("0"), s("0"), s("1"), s("0"), s("0")]),
+            ],
+        ),
+    ]
+}
+
+async fn the_window_recipes_answer_their_questions_on_a_renewing_vendors_history(backend: Backend) {
+    let h = Harness::with(backend, WINDOW_ACCOUNTS).await;
+    let base = Utc::now()
+        .with_nanosecond(0)
+        .expect("a whole second is a valid time");
+    let created: std::collections::HashMap<&str, (&str, String)> = window_sessions()
+        .iter()
+        .map(|&(name, number, minutes)| (name, (number, before(base, minutes))))
+        .collect();
+    for (account, _, listed) in WINDOW_PLAN {
+        let rows: Vec<(&str, &str)> = listed
+            .iter()
+            .map(|name| {
+                let (number, at) = &created[name];
+                (*number, at.as_str())
+            })
+            .collect();
+        h.vendor
+            .set_raw_snapshot(WINDOW_KEYS[*account], csv(&rows, &[]));
+        h.sync(*account).await.unwrap();
+    }
+    let planned: Vec<String> = WINDOW_PLAN
+        .iter()
+        .map(|(_, minutes, _)| before(base, *minutes))
+        .collect();
+    move_runs_onto_the_plan(
+        &h.db,
+        &planned.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    // Why each session closed, as the sync recorded it.
+    let reasons: Vec<(String, Option<String>)> =
+        h.db.sessions()
+            .await
+            .into_iter()
+            .map(|s| (s.created_at, s.closed_reason))
+            .collect();
+    let reason_of = |name: &str| {
+        let when = &created[name].1;
+        reasons
+            .iter()
+            .find(|(at, _)| at == when)
+            .map(|(_, reason)| reason.clone())
+            .unwrap_or_else(|| panic!("no session {name}: {reasons:?}"))
+    };
+    for (name, reason) in [
+        ("r2a", Some("ended")),
+        ("u1", Some("ended")),
+        ("r1a", Some("renewed")),
+        ("r1b", Some("renewed")),
+        ("r2b", Some("ended")),
+        ("r1c", None),
+        ("r3", None),
+    ] {
+        assert_eq!(reason_of(name).as_deref(), reason, "{name}");
+    }
+
+    answers_match(&h.db, WINDOWS, &window_expected_answers(base)).await;
+}
+
+on_both_backends!(the_window_recipes_answer_their_questions_on_a_renewing_vendors_history);

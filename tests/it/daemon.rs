@@ -165,3 +165,48 @@ on_both_backends!(
     shutdown_abandons_a_run_that_outlasts_the_grace_period,
     shutdown_lets_a_running_run_finish_within_the_grace_period,
 );
+
+/// Thousands of accounts on one schedule: a tick starts every one of them. With a scheduler
+/// job per account, the scheduler missed most of them (a missed cron tick is not fired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tick_starts_every_account_of_a_large_configuration() {
+    const ACCOUNTS: i64 = 1500;
+    let accounts: String = (1..=ACCOUNTS)
+        .map(|c| format!("[[accounts]]\ncustomer_id = {c}\n"))
+        .collect();
+    // A schedule that fires once, a few seconds after the daemon is up.
+    let tick = chrono::Utc::now() + chrono::Duration::seconds(12);
+    let cron = tick.format("%S %M %H * * *").to_string();
+    let s = crate::cli::setup(
+        Backend::Sqlite,
+        &format!("[schedule]\ncron = \"{cron}\"\nmax_concurrent = 8\n{accounts}"),
+    )
+    .await;
+    let (daemon, _) = crate::cli::start_daemon_until(&s.config, "scheduler started").await;
+    assert!(
+        chrono::Utc::now() < tick,
+        "the daemon took too long to start for this test's tick"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = s
+            .db
+            .rows("SELECT count(DISTINCT account_id) FROM sync_runs WHERE status = 'succeeded'")
+            .await[0][0]
+            .as_deref()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap();
+        if done == ACCOUNTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {ACCOUNTS} accounts synced two minutes after the tick"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    crate::cli::stop_daemon(daemon).await;
+    let runs = s.db.runs().await;
+    assert_eq!(runs.len() as i64, ACCOUNTS, "one run each");
+}

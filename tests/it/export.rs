@@ -78,9 +78,9 @@ async fn export_streams_session_history_since_a_date_as_csv_or_jsonl(backend: Ba
     assert_eq!(
         lines,
         [
-            "customer_id,sub_account_id,account_name,source,session_created_at,expires_at,first_seen_at,last_seen_at,closed_at,is_open".to_owned(),
-            format!("42,,\"acme, br\",5519900000002,{B},2026-11-22T10:00:00.000Z,{first_seen},{second_run},,true"),
-            format!("43,7,,5519900000003,{C},2026-11-23T10:00:00.000Z,{c_first_seen},{c_last_run},,true"),
+            "customer_id,sub_account_id,account_name,source,session_created_at,expires_at,first_seen_at,last_seen_at,closed_at,is_open,closed_reason".to_owned(),
+            format!("42,,\"acme, br\",5519900000002,{B},2026-11-22T10:00:00.000Z,{first_seen},{second_run},,true,"),
+            format!("43,7,,5519900000003,{C},2026-11-23T10:00:00.000Z,{c_first_seen},{c_last_run},,true,"),
         ]
     );
 
@@ -107,10 +107,12 @@ async fn export_streams_session_history_since_a_date_as_csv_or_jsonl(backend: Ba
     assert_eq!(rows[0]["session_created_at"], A);
     assert_eq!(rows[0]["closed_at"], second_run.as_str());
     assert_eq!(rows[0]["is_open"], false);
+    assert_eq!(rows[0]["closed_reason"], "ended");
     assert_eq!(rows[0]["sub_account_id"], serde_json::Value::Null);
     assert_eq!(rows[1]["source"], "5519900000002");
     assert_eq!(rows[1]["closed_at"], serde_json::Value::Null);
     assert_eq!(rows[1]["is_open"], true);
+    assert_eq!(rows[1]["closed_reason"], serde_json::Value::Null);
 
     // Nothing that recent: the header alone.
     let (code, csv, _) = export(&config, &["--since", "2030-01-01"]).await;

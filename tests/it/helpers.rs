@@ -203,7 +203,7 @@ impl TestDb {
     /// Every session, ordered, with its account and timestamps as ISO text.
     pub async fn sessions(&self) -> Vec<SessionRow> {
         let sql = format!(
-            "SELECT a.customer_id, a.sub_account_id, s.source, {}, {}, {}, {} \
+            "SELECT a.customer_id, a.sub_account_id, s.source, {}, {}, {}, {}, s.closed_reason \
              FROM sessions s JOIN accounts a ON a.id = s.account_id \
              ORDER BY a.customer_id, a.sub_account_id IS NOT NULL, a.sub_account_id, s.source, s.session_created_at",
             self.ts("s.session_created_at"),
@@ -222,6 +222,7 @@ impl TestDb {
                 expires_at: r[4].clone().unwrap(),
                 first_seen_at: r[5].clone().unwrap(),
                 closed_at: r[6].clone(),
+                closed_reason: r[7].clone(),
             })
             .collect()
     }
@@ -282,6 +283,8 @@ pub struct SessionRow {
     pub expires_at: String,
     pub first_seen_at: String,
     pub closed_at: Option<String>,
+    /// `renewed` or `ended`; `None` while open.
+    pub closed_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

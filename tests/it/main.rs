@@ -27,6 +27,7 @@ mod plans;
 mod properties;
 mod readme;
 mod rejected;
+mod renewals;
 mod report;
 mod request;
 mod status;

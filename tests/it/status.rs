@@ -8,7 +8,11 @@ use crate::helpers::{sessions, Backend};
 use crate::on_both_backends;
 
 fn hours_ago(h: i64) -> String {
-    (Utc::now() - chrono::Duration::hours(h)).to_rfc3339_opts(SecondsFormat::Millis, true)
+    minutes_ago(60 * h)
+}
+
+fn minutes_ago(m: i64) -> String {
+    (Utc::now() - chrono::Duration::minutes(m)).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 async fn status(config: &std::path::Path) -> (i32, String) {
@@ -40,12 +44,15 @@ async fn status_shows_each_account_and_exits_1_while_one_last_failed(backend: Ba
          [[accounts]]\ncustomer_id = 44\nsub_account_id = 7\n",
     )
     .await;
-    // Two open sessions of 42, one created within the last 24 hours.
+    // Three open sessions of 42: two created within the last 24 hours, one of them with 30
+    // minutes left in its window; one past its expires_at, still listed.
+    let (expired, expiring) = (hours_ago(30), minutes_ago(23 * 60 + 30));
     vendor.set_sessions(
         (42, None),
         &sessions(&[
             ("5519900000001", &hours_ago(1)),
-            ("5519900000002", &hours_ago(30)),
+            ("5519900000002", &expired),
+            ("5519900000004", &expiring),
         ]),
     );
     vendor.set_sessions((43, None), &sessions(&[("5519900000003", &hours_ago(2))]));
@@ -65,7 +72,10 @@ async fn status_shows_each_account_and_exits_1_while_one_last_failed(backend: Ba
             "RESULT",
             "LAST SUCCESS",
             "OPEN NOW",
+            "EXPIRING 1H",
             "OPENED 24H",
+            "PAST EXPIRY 7D",
+            "RENEWED 7D",
             "ERROR"
         ]
     );
@@ -76,15 +86,25 @@ async fn status_shows_each_account_and_exits_1_while_one_last_failed(backend: Ba
         good[3], good[1],
         "its last run is its last success: {table}"
     );
-    assert_eq!(&good[4..], ["2", "1"], "{table}");
+    // Of the three, the one created 30 h ago has expired, and the run listed it after that;
+    // none closed yet.
+    assert_eq!(&good[4..], ["3", "1", "2", "100% (1 of 1)", "-"], "{table}");
     let bad = row(&table, "customer 43");
-    assert_eq!(&bad[2..6], ["failed", "never", "0", "0"], "{table}");
+    assert_eq!(
+        &bad[2..9],
+        ["failed", "never", "0", "0", "0", "-", "-"],
+        "{table}"
+    );
     assert!(
-        bad[6].starts_with("requesting the download link:"),
+        bad[9].starts_with("requesting the download link:"),
         "{table}"
     );
     let never = row(&table, "customer 44 / sub-account 7");
-    assert_eq!(&never[1..], ["never", "-", "never", "0", "0"], "{table}");
+    assert_eq!(
+        &never[1..],
+        ["never", "-", "never", "0", "0", "0", "-", "-"],
+        "{table}"
+    );
 
     // 43 recovers: every account's latest run is fine again.
     let (code, out, err) = run_with_config(&config, &["sync", "--customer", "43"]).await;
@@ -95,8 +115,27 @@ async fn status_shows_each_account_and_exits_1_while_one_last_failed(backend: Ba
     assert_eq!(recovered[2], "succeeded", "{table}");
     assert_eq!(
         &recovered[4..],
-        ["1", "1"],
+        ["1", "0", "1", "-", "-"],
         "no error column once it succeeded: {table}"
+    );
+
+    // 42's first number writes again: the vendor lists it with a later session_created_at,
+    // and its first session closes as renewed.
+    vendor.set_sessions(
+        (42, None),
+        &sessions(&[
+            ("5519900000001", &minutes_ago(10)),
+            ("5519900000002", &expired),
+            ("5519900000004", &expiring),
+        ]),
+    );
+    let (code, out, err) = run_with_config(&config, &["sync", "--customer", "42"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, table) = status(&config).await;
+    assert_eq!(
+        &row(&table, "customer 42")[4..],
+        ["3", "1", "3", "100% (1 of 1)", "100% (1 of 1)"],
+        "{table}"
     );
 }
 

@@ -1,0 +1,120 @@
+-- What a session means: why each one closed, the conversations that chains of renewed
+-- sessions make, and the window's clock. migrations/postgres/0004_renewals.sql has the same
+-- contract. docs/analysts.md explains each, with recipes.
+
+-- Why a session closed: 'renewed' when the run that closed it listed the same number (same
+-- account) with a later session_created_at (the customer wrote again: the vendor opened a
+-- new window), 'ended' when the number was gone; NULL while open.
+ALTER TABLE sessions ADD COLUMN closed_reason TEXT
+    CHECK (closed_reason IN ('renewed', 'ended'));
+
+-- The history so far, from what it holds: 'renewed' where a later session of the same number
+-- was first seen by the run that closed this one (first_seen_at and closed_at are both the
+-- start of a run, so they are equal exactly then). A later session that was already listed
+-- before that run is not seen as a renewal here; the sync sees it from now on.
+UPDATE sessions SET closed_reason = CASE
+        WHEN EXISTS (
+            SELECT 1 FROM sessions later
+            WHERE later.account_id = sessions.account_id AND later.source = sessions.source
+              AND later.session_created_at > sessions.session_created_at
+              AND later.first_seen_at = sessions.closed_at)
+        THEN 'renewed' ELSE 'ended' END
+WHERE closed_at IS NOT NULL;
+
+-- session_history gains closed_reason (as its last column, so existing queries keep theirs).
+DROP VIEW session_history;
+CREATE VIEW session_history AS
+SELECT
+    a.customer_id,
+    a.sub_account_id,
+    a.name AS account_name,
+    s.source,
+    s.session_created_at,
+    s.expires_at,
+    s.first_seen_at,
+    CASE
+        WHEN s.closed_at IS NULL THEN (
+            SELECT max(r.started_at) FROM sync_runs r
+            WHERE r.account_id = s.account_id AND r.status = 'succeeded')
+        ELSE (
+            SELECT max(r.started_at) FROM sync_runs r
+            WHERE r.account_id = s.account_id AND r.status = 'succeeded'
+              AND r.started_at < s.closed_at)
+    END AS last_seen_at,
+    s.closed_at,
+    s.closed_at IS NULL AS is_open,
+    s.closed_reason
+FROM sessions s
+JOIN accounts a ON a.id = s.account_id;
+
+-- Conversations: one row per chain of sessions of one number in one account in which each
+-- session was created before the previous one's expires_at (the customer wrote again while
+-- the window was open, so the vendor renewed it); a new contact after a window expired starts
+-- a new conversation. started_at is the first session's session_created_at, last_renewed_at
+-- the last one's (equal to started_at when it was never renewed), sessions how many the
+-- chain holds, ended_at the last session's closed_at (NULL while it is open), is_open
+-- whether the last session is open (1 or 0). The windows read sessions in primary-key
+-- order, so no sort is needed.
+CREATE VIEW conversations AS
+WITH chained AS (
+    SELECT
+        s.account_id,
+        s.source,
+        s.session_created_at,
+        s.closed_at,
+        CASE WHEN s.session_created_at < lag(s.expires_at) OVER w THEN 0 ELSE 1 END AS starts
+    FROM sessions s
+    WINDOW w AS (PARTITION BY s.account_id, s.source ORDER BY s.session_created_at)
+), numbered AS (
+    SELECT
+        c.*,
+        sum(c.starts) OVER (PARTITION BY c.account_id, c.source ORDER BY c.session_created_at
+                            ROWS UNBOUNDED PRECEDING) AS chain
+    FROM chained c
+), ends AS (
+    SELECT
+        n.*,
+        first_value(n.closed_at) OVER (PARTITION BY n.account_id, n.source, n.chain
+                                       ORDER BY n.session_created_at DESC) AS last_closed_at
+    FROM numbered n
+)
+SELECT
+    a.customer_id,
+    a.sub_account_id,
+    a.name AS account_name,
+    e.source,
+    min(e.session_created_at) AS started_at,
+    max(e.session_created_at) AS last_renewed_at,
+    count(*) AS sessions,
+    max(e.last_closed_at) AS ended_at,
+    max(e.last_closed_at) IS NULL AS is_open
+FROM ends e
+JOIN accounts a ON a.id = e.account_id
+GROUP BY a.customer_id, a.sub_account_id, a.name, e.account_id, e.source, e.chain;
+
+-- The window's clock: open sessions, soonest to expire first, with the whole minutes left
+-- (rounded down; negative once expires_at has passed while the vendor still lists it), by
+-- the database's own clock.
+CREATE VIEW expiring_sessions AS
+SELECT
+    customer_id,
+    sub_account_id,
+    account_name,
+    source,
+    session_created_at,
+    expires_at,
+    CAST(minutes AS INTEGER) - (minutes < CAST(minutes AS INTEGER)) AS minutes_left
+FROM (
+    SELECT
+        a.customer_id,
+        a.sub_account_id,
+        a.name AS account_name,
+        s.source,
+        s.session_created_at,
+        s.expires_at,
+        (julianday(s.expires_at) - julianday('now')) * 1440.0 AS minutes
+    FROM sessions s
+    JOIN accounts a ON a.id = s.account_id
+    WHERE s.closed_at IS NULL
+)
+ORDER BY expires_at, customer_id, sub_account_id IS NOT NULL, sub_account_id, source;
