@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | 0 | done (every account synced, the daemon stopped cleanly, the config is valid) |
 //! | 1 | a sync failed (`status`: an account's latest run failed), or the database could not be reached or migrated |
-//! | 2 | the configuration (or an argument: `export --customer`, `demo --database`) is refused; nothing was contacted nor changed |
+//! | 2 | the configuration (or an argument: `export --customer`, `report --tz`, `demo --database`) is refused; nothing was contacted nor changed |
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,6 +43,9 @@ pub enum Command {
     /// One line per account from the database: last run, result, last success, open
     /// sessions; exits 1 if any account's latest run failed.
     Status(ConfigArg),
+    /// Write the history as one self-contained HTML page of charts and tables (no SQL
+    /// needed); `run` serves the same page at / on [metrics] listen.
+    Report(ReportArgs),
     /// Sync a few accounts of a built-in simulated vendor through several rounds into a
     /// SQLite file, then show what was recorded and how to query it.
     Demo(DemoArgs),
@@ -100,12 +103,39 @@ pub struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The period's start: a date (its midnight in --tz) or a time such as
+    /// 2026-11-01T12:00:00Z or 2026-11-01 12:00:00 (in --tz when it has no offset). Default:
+    /// the midnight that makes the period seven days, today included.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// The period's end (exclusive); same forms as --since. Default: now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only the account(s) of this customer id.
+    #[arg(long)]
+    pub customer: Option<i64>,
+    /// Only this sub-account of --customer.
+    #[arg(long, requires = "customer")]
+    pub sub_account: Option<i64>,
+    /// The time zone of days, hours and times: an IANA name (UTC, America/Sao_Paulo).
+    #[arg(long, default_value = "UTC")]
+    pub tz: String,
+    /// The HTML file to write (replaced once the page is complete); - for stdout.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// The SQLite file to write. One the demo made before is replaced; any other existing
     /// file is refused unless --replace is given; a database in use never is touched.
     #[arg(long, default_value = "session-sync-demo.db")]
     pub database: PathBuf,
-    /// Overwrite --database even if it is not a database the demo made (never one in use).
+    /// Overwrite --database (and the report beside it) even if the demo did not make it
+    /// (never a database in use).
     #[arg(long)]
     pub replace: bool,
 }
@@ -186,6 +216,35 @@ pub async fn execute(command: Command) -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(crate::export::ExportError::NoSuchAccount(message)) => {
                     eprintln!("error: {message}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+                Err(e) => fatal(e.into()),
+            }
+        }
+        Command::Report(args) => {
+            let config = match load_database_only(&args.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let request = crate::report::Request {
+                since: args.since,
+                until: args.until,
+                customer: args.customer,
+                sub_account: args.sub_account,
+                tz: Some(args.tz),
+            };
+            use crate::report::{ReportError, WriteError};
+            match crate::report::write_report(&config, &request, &args.out).await {
+                Ok(()) => {
+                    if args.out.as_os_str() != "-" {
+                        println!("report written to {}", args.out.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(WriteError::Report(
+                    e @ (ReportError::Invalid(_) | ReportError::NoSuchAccount(_)),
+                )) => {
+                    eprintln!("error: {e}");
                     ExitCode::from(EXIT_CONFIG)
                 }
                 Err(e) => fatal(e.into()),

@@ -42,9 +42,14 @@ pub async fn run(
     let metrics_server = match config.metrics.listen {
         Some(listen) => {
             seed_metrics(&ctx, &accounts).await;
+            let report = crate::report::routes(
+                ctx.store.clone(),
+                config.database_url.to_string(),
+                crate::report::Schedules::from_config(config),
+            );
             let server = ctx
                 .metrics
-                .serve(listen, stop_metrics.clone())
+                .serve(listen, stop_metrics.clone(), report)
                 .await
                 .map_err(|e| anyhow::anyhow!("metrics.listen = {listen}: {e}"))?;
             Some(server)

@@ -4,7 +4,11 @@
 //! through five rounds into a fresh SQLite file. Between rounds sessions open and close, as
 //! they do in life; round 3 meets a 503 that is retried, round 4 a CDN error page that fails
 //! one account's run (and changes none of its sessions). Then it prints what was recorded
-//! and SQL to explore it.
+//! and SQL to explore it, and writes the [report](crate::report) beside the database
+//! (`session-sync-demo.html` for `session-sync-demo.db`), saying where.
+//!
+//! The report is replaced like the database: one the demo (or `session-sync report`) wrote
+//! is replaced; any other file of that name is refused, exit 2, unless `--replace`.
 //!
 //! The file is replaced on each run, but only a file the demo made itself: it marks its
 //! databases with SQLite's `application_id` header field ([`DEMO_APPLICATION_ID`]) and reads
@@ -62,6 +66,18 @@ pub enum Refusal {
     NotADemoDatabase(String),
     #[error("{0} is gone but its {1} file is still there (left by a database that was removed): pass --replace to remove it, or choose another --database")]
     Leftover(String, &'static str),
+    #[error("{0} exists and is not a report session-sync wrote: the demo writes its report there; choose another --database, or pass --replace to overwrite it")]
+    NotAReport(String),
+}
+
+/// Where the demo writes its report: beside the database, named like it, `.html`.
+pub fn report_path(database: &Path) -> std::path::PathBuf {
+    let report = database.with_extension("html");
+    if report == database {
+        with_suffix(database, ".html")
+    } else {
+        report
+    }
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
@@ -178,6 +194,10 @@ max_concurrent = 3
 /// Runs the demo, writing `database`: a new file, or one the demo made before, or (with
 /// `replace`) any file that no process is using.
 pub async fn run(database: &Path, replace: bool) -> anyhow::Result<()> {
+    let report = report_path(database);
+    if !replace && report.exists() && !crate::report::is_report(&report) {
+        return Err(Refusal::NotAReport(report.display().to_string()).into());
+    }
     make_fresh_database(database, replace).await?;
     let sim = SimulatedVendor::start("demo", "demo-token")
         .await
@@ -205,8 +225,10 @@ pub async fn run(database: &Path, replace: bool) -> anyhow::Result<()> {
                     11 + i * 10,
                     rng.random_range(0..100_000_000u32)
                 );
+                // Opened at any time of the last day, as sessions up to 24 hours old are
+                // listed: the report's days, hours and lifetimes then have something to show.
                 let created =
-                    Timestamp::from_millis(now.as_millis() - rng.random_range(0..3_600_000))
+                    Timestamp::from_millis(now.as_millis() - rng.random_range(0..86_400_000))
                         .unwrap_or(now);
                 sessions.push((source, created.to_iso()));
             }
@@ -261,7 +283,25 @@ pub async fn run(database: &Path, replace: bool) -> anyhow::Result<()> {
             label, s.sessions_open, s.sessions_closed, s.runs_succeeded, s.runs_failed
         );
     }
+    let now = Timestamp::now();
+    let page = crate::report::Params::resolve(&crate::report::Request::default(), now)
+        .map_err(anyhow::Error::from);
+    let page = match page {
+        Ok(params) => crate::report::render(
+            &ctx.store,
+            &config.database_url.to_string(),
+            &crate::report::Schedules::from_config(&config),
+            &params,
+            now,
+            false,
+        )
+        .await
+        .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
     ctx.store.close().await;
+    crate::report::write_file(&report, page?.as_bytes())
+        .with_context(|| format!("writing {}", report.display()))?;
 
     println!(
         "\nexplore it with any SQLite client, e.g. `sqlite3 {}`:",
@@ -271,5 +311,11 @@ pub async fn run(database: &Path, replace: bool) -> anyhow::Result<()> {
         println!("\n  -- {question}\n  {sql}");
     }
     println!("\n  -- Every attempt, with its outcome\n  SELECT id, account_id, status, rows_read, sessions_new, sessions_closed, error FROM sync_runs;");
+    println!(
+        "\nor look at it: the report, charts and tables of what was recorded, is in {}\n\
+         (open it in a browser; `session-sync report --config FILE --out FILE.html` makes it \
+         for any database, and `run` serves it live at / on [metrics] listen)",
+        report.display()
+    );
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod export;
 pub mod metrics;
 pub mod redact;
+pub mod report;
 pub mod simulator;
 pub mod snapshot;
 pub mod startup;

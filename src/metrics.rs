@@ -384,31 +384,35 @@ impl Metrics {
         out
     }
 
-    /// Serves `GET /metrics` on `listen` until `stop` is cancelled. Binding happens before
-    /// this returns, so a port in use is a start-up error, not a silent absence of metrics.
+    /// Serves `GET /metrics` on `listen`, and the routes of `pages` beside it (the live
+    /// report at `/`), until `stop` is cancelled. Binding happens before this returns, so a
+    /// port in use is a start-up error, not a silent absence of metrics.
     pub async fn serve(
         &self,
         listen: SocketAddr,
         stop: CancellationToken,
+        pages: axum::Router,
     ) -> std::io::Result<tokio::task::JoinHandle<()>> {
         use axum::http::header::CONTENT_TYPE;
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let metrics = self.clone();
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
-                }
-            }),
-        );
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move {
+                        (
+                            [(
+                                CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            metrics.encode(),
+                        )
+                    }
+                }),
+            )
+            .merge(pages);
         // The bound address: with port 0 (tests) the kernel picks the port.
         let bound = listener.local_addr()?;
         tracing::info!(listen = %bound, "serving metrics at /metrics");

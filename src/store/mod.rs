@@ -556,6 +556,15 @@ impl Store {
         dispatch!(self, s => s.export_history(filter))
     }
 
+    /// Opens one read-only transaction for the report's queries, so that every chart of a
+    /// page reads the same instant of the history.
+    pub async fn read_report(&self) -> Result<ReportReader, StoreError> {
+        Ok(match self {
+            Store::Sqlite(s) => ReportReader::Sqlite(s.read_report().await?),
+            Store::Postgres(s) => ReportReader::Postgres(s.read_report().await?),
+        })
+    }
+
     pub async fn close(&self) {
         dispatch!(self, s => s.close().await)
     }
@@ -708,6 +717,202 @@ pub struct FinishedRun {
     /// `succeeded`, `failed` or `abandoned`.
     pub status: String,
     pub error: Option<String>,
+}
+
+/// The report's reads (`crate::report`), in one read-only transaction: every method
+/// aggregates in SQL, so what comes back grows with the accounts and the days asked about,
+/// never with the sessions. `scope` limits each to some accounts; periods are
+/// `[from, to)`. Times that are grouped by local day or hour come in [`TzPiece`]s: a stretch
+/// of the period over which the time zone's offset from UTC does not change (the report
+/// computes them with chrono-tz, so both backends group alike, whatever zone rules the
+/// server has; SQLite has none).
+pub enum ReportReader {
+    Sqlite(sqlite::SqliteReportReader),
+    Postgres(postgres::PostgresReportReader),
+}
+
+macro_rules! dispatch_report {
+    ($self:expr, $r:ident => $body:expr) => {
+        match $self {
+            ReportReader::Sqlite($r) => $body,
+            ReportReader::Postgres($r) => $body,
+        }
+    };
+}
+
+impl ReportReader {
+    /// The accounts in scope, in the order of `status`.
+    pub async fn accounts(&mut self, scope: ReportScope) -> Result<Vec<ReportAccount>, StoreError> {
+        dispatch_report!(self, r => r.accounts(scope).await)
+    }
+
+    /// Each account's health now (as `status` reads it).
+    pub async fn statuses(&mut self) -> Result<Vec<AccountStatus>, StoreError> {
+        dispatch_report!(self, r => r.statuses().await)
+    }
+
+    /// Sessions created in the piece, per account and local hour, counted in hours since
+    /// 1970-01-01 local time: a local day is that divided by 24, the hour of the day the
+    /// remainder, so one pass over the sessions serves both charts. Each count is handed to
+    /// `each` as it comes: memory does not grow with the period.
+    pub async fn opened(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+        each: &mut (dyn FnMut(Counted) + Send),
+    ) -> Result<(), StoreError> {
+        dispatch_report!(self, r => r.opened(scope, piece, each).await)
+    }
+
+    /// Sessions created in the piece that have ended, per account and whole hours from
+    /// `session_created_at` to `closed_at` (0 to 24; 24 is the whole window or more).
+    pub async fn lifetimes(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+    ) -> Result<Vec<Counted>, StoreError> {
+        dispatch_report!(self, r => r.lifetimes(scope, piece).await)
+    }
+
+    /// Finished runs started in the piece, per account and local day, by result.
+    pub async fn runs_per_day(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+    ) -> Result<Vec<RunsOfDay>, StoreError> {
+        dispatch_report!(self, r => r.runs_per_day(scope, piece).await)
+    }
+
+    /// The most successful runs with an open count that any one account has in the period.
+    pub async fn most_polls(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<i64, StoreError> {
+        dispatch_report!(self, r => r.most_polls(scope, from, to).await)
+    }
+
+    /// Open sessions after successful runs started in the period, per account in time
+    /// order: every run when `step` is `None`; else the last run of each step of `step`
+    /// seconds counted from `from` (whole seconds).
+    pub async fn open_points(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+        step: Option<i64>,
+    ) -> Result<Vec<OpenPoint>, StoreError> {
+        dispatch_report!(self, r => r.open_points(scope, from, to, step).await)
+    }
+
+    /// Each account's open sessions after its last successful run before `before`, when
+    /// that run recorded them.
+    pub async fn open_before(
+        &mut self,
+        scope: ReportScope,
+        before: Timestamp,
+    ) -> Result<Vec<OpenPoint>, StoreError> {
+        dispatch_report!(self, r => r.open_before(scope, before).await)
+    }
+
+    /// The latest `limit` failed or abandoned runs started in the period, newest first
+    /// (how many there were in all is in [`ReportReader::runs_per_day`]).
+    pub async fn failures(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<FailedRunRow>, StoreError> {
+        dispatch_report!(self, r => r.failures(scope, from, to, limit).await)
+    }
+
+    /// Rejected records of runs started in the period, per account and reason (never the
+    /// records themselves: they hold phone numbers).
+    pub async fn rejected_by_reason(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<RejectedReason>, StoreError> {
+        dispatch_report!(self, r => r.rejected_by_reason(scope, from, to).await)
+    }
+
+    /// Ends the read.
+    pub async fn finish(self) -> Result<(), StoreError> {
+        dispatch_report!(self, r => r.finish().await)
+    }
+}
+
+/// Which accounts a report reads: all, a customer's (every sub-account), or one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportScope {
+    pub customer: Option<i64>,
+    pub sub_account: Option<i64>,
+}
+
+/// A stretch `[from, to)` of a period over which the report's time zone is `offset_secs`
+/// ahead of UTC: a local day or hour is then `(unix seconds + offset_secs)` divided by
+/// 86,400 or 3,600.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TzPiece {
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub offset_secs: i32,
+}
+
+/// An account a report shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportAccount {
+    pub id: AccountId,
+    pub customer_id: i64,
+    pub sub_account_id: Option<i64>,
+    pub name: Option<String>,
+}
+
+/// A count per account and key: a local day (days since 1970-01-01), an hour, a lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    pub account: AccountId,
+    pub key: i64,
+    pub count: i64,
+}
+
+/// One account's finished runs of one local day (days since 1970-01-01).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunsOfDay {
+    pub account: AccountId,
+    pub day: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub abandoned: i64,
+    pub rows_rejected: i64,
+}
+
+/// Open sessions after one successful run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenPoint {
+    pub account: AccountId,
+    pub at: Timestamp,
+    pub open: i64,
+}
+
+/// A run that failed or was abandoned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedRunRow {
+    pub account: AccountId,
+    pub started_at: Timestamp,
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// How many records one account's runs rejected for one reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedReason {
+    pub account: AccountId,
+    pub reason: String,
+    pub count: i64,
 }
 
 /// How many staged sessions go into one multi-row statement: 3 binds each, far

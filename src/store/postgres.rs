@@ -28,7 +28,8 @@ use sqlx::{ConnectOptions, Connection, Executor, Row, Transaction};
 
 use super::{
     AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Cause, Claim, ClaimOutcome,
-    Doing, Fence, FinishedRun, HistoryRow, ReadCounts, RunId, RunStatus, StoreError,
+    Counted, Doing, FailedRunRow, Fence, FinishedRun, HistoryRow, OpenPoint, ReadCounts,
+    RejectedReason, ReportAccount, ReportScope, RunId, RunStatus, RunsOfDay, StoreError, TzPiece,
     ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
@@ -557,29 +558,7 @@ impl PostgresStore {
             .await
             .doing(ACTION)?;
         tx.commit().await.doing(ACTION)?;
-        Ok(rows
-            .iter()
-            .map(|r| AccountStatus {
-                customer_id: r.get(0),
-                sub_account_id: r.get(1),
-                name: r.get(2),
-                last_run: ts_at(r, 3).map(|finished_at| FinishedRun {
-                    finished_at,
-                    status: r.get(4),
-                    error: r.get(5),
-                }),
-                last_success: ts_at(r, 6),
-                open_sessions: r.get(7),
-                recent: r.get::<bool, _>(8).then(|| super::RecentFigures {
-                    opened_24h: r.get(9),
-                    expiring_1h: r.get(10),
-                    expired_7d: r.get(11),
-                    listed_past_expiry_7d: r.get(12),
-                    closed_7d: r.get(13),
-                    renewed_7d: r.get(14),
-                }),
-            })
-            .collect())
+        Ok(rows.iter().map(account_status).collect())
     }
 
     /// Streams the rows from a task that owns the read's transaction (a stream that borrowed
@@ -617,6 +596,16 @@ impl PostgresStore {
             receiver.recv().await.map(|row| (row, receiver))
         })
         .boxed()
+    }
+
+    pub async fn read_report(&self) -> Result<PostgresReportReader, StoreError> {
+        let mut tx = self.pool.begin().await.doing(REPORT_ACTION)?;
+        // One snapshot for every chart of the page; a pooler keeps the transaction on one
+        // server connection, so nothing outlives it.
+        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(PostgresReportReader { tx })
     }
 
     pub async fn close(&self) {
@@ -973,7 +962,7 @@ impl PostgresStaging {
         let marked = q(
             "UPDATE sync_runs SET status = 'succeeded', finished_at = $1, rows_read = $2, \
                  rows_rejected = $3, sessions_new = $4, sessions_reopened = $5, \
-                 sessions_closed = $6, error = NULL \
+                 sessions_closed = $6, sessions_open = $8, error = NULL \
              WHERE id = $7 AND status = 'running'",
         )
         .bind(tz(p.finished_at))
@@ -983,6 +972,7 @@ impl PostgresStaging {
         .bind(counts.sessions_reopened as i64)
         .bind(counts.sessions_closed as i64)
         .bind(p.run.0)
+        .bind(counts.sessions_open as i64)
         .execute(&mut **tx)
         .await
         .doing("marking the run succeeded")?
@@ -1044,5 +1034,387 @@ async fn refresh_statistics(pool: &PgPool) {
         Err(e) => {
             tracing::warn!(error = %e, "could not refresh the planner statistics of sessions")
         }
+    }
+}
+
+const REPORT_ACTION: &str = "reading the report's figures";
+
+/// The accounts a report reads, as a condition on `column` (an account id); `$1` and `$2`
+/// are the scope's customer and sub-account. For every account no look-up is made (a hash
+/// join over every session of the period was measured at a fifth of the statement): the
+/// condition names both parameters, always true, and an unnamed statement is planned with
+/// their values, so it folds away. For a customer, a semi-join that lets the planner reach
+/// the account's sessions through the primary key.
+fn scope_sql(scope: ReportScope, column: &str) -> String {
+    if scope.customer.is_none() {
+        "($1::bigint IS NULL AND $2::bigint IS NULL)".to_owned()
+    } else {
+        format!(
+            "{column} IN (SELECT id FROM accounts \
+             WHERE customer_id = $1 AND ($2::bigint IS NULL OR sub_account_id = $2))"
+        )
+    }
+}
+
+/// A timestamp column as local time in a [`TzPiece`] whose offset is `$5` seconds.
+fn local(column: &str) -> String {
+    format!("(({column} AT TIME ZONE 'UTC') + $5::int * interval '1 second')")
+}
+
+/// See `super::ReportReader`. Every statement unnamed ([`q`]) inside the read's transaction.
+pub struct PostgresReportReader {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl PostgresReportReader {
+    pub async fn accounts(&mut self, scope: ReportScope) -> Result<Vec<ReportAccount>, StoreError> {
+        let rows = q(
+            "SELECT id, customer_id, sub_account_id, name FROM accounts \
+             WHERE ($1::bigint IS NULL OR customer_id = $1) \
+               AND ($2::bigint IS NULL OR sub_account_id = $2) \
+             ORDER BY customer_id, sub_account_id IS NOT NULL, sub_account_id",
+        )
+        .bind(scope.customer)
+        .bind(scope.sub_account)
+        .fetch_all(&mut *self.tx)
+        .await
+        .doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| ReportAccount {
+                id: AccountId(r.get(0)),
+                customer_id: r.get(1),
+                sub_account_id: r.get(2),
+                name: r.get(3),
+            })
+            .collect())
+    }
+
+    pub async fn statuses(&mut self) -> Result<Vec<AccountStatus>, StoreError> {
+        // No `now`: the recent figures are `status`'s, not the report's.
+        let none = None::<chrono::DateTime<chrono::Utc>>;
+        let rows = q(ACCOUNT_STATUS_SQL)
+            .bind(none)
+            .bind(none)
+            .bind(none)
+            .bind(none)
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(rows.iter().map(account_status).collect())
+    }
+
+    /// One pass for the days and the hours (see `ReportReader::opened`); the local hour
+    /// from the epoch's seconds, which costs less per row than the zone conversion of the
+    /// analysts' recipes. One statement with GROUPING SETS for these and the lifetimes was
+    /// measured slower: the planner, unable to guess how few groups there are, sorted the
+    /// period's sessions, spilling to disk.
+    pub async fn opened(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+        each: &mut (dyn FnMut(Counted) + Send),
+    ) -> Result<(), StoreError> {
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT account_id, \
+                 floor((date_part('epoch', session_created_at) + $5::int) / 3600)::bigint \
+                     AS hour, \
+                 count(*) \
+             FROM sessions \
+             WHERE session_created_at >= $3 AND session_created_at < $4 AND {only} \
+             GROUP BY account_id, hour"
+        );
+        let mut rows = q(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(piece.from))
+            .bind(tz(piece.to))
+            .bind(piece.offset_secs)
+            .fetch(&mut *self.tx);
+        while let Some(r) = rows.next().await {
+            let r = r.doing(REPORT_ACTION)?;
+            each(Counted {
+                account: AccountId(r.get(0)),
+                key: r.get(1),
+                count: r.get(2),
+            });
+        }
+        Ok(())
+    }
+
+    /// The analysts' recipe "How long do sessions stay listed", kept within 0 to 24 (a
+    /// vendor's clock ahead of ours can put closed_at a little before the creation). The
+    /// interval's epoch is exact, so a lifetime of exactly an hour is one hour.
+    pub async fn lifetimes(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+    ) -> Result<Vec<Counted>, StoreError> {
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT account_id, \
+                 greatest(least(floor(date_part('epoch', closed_at - session_created_at) \
+                                      / 3600), 24), 0)::bigint AS hours, \
+                 count(*) \
+             FROM sessions \
+             WHERE session_created_at >= $3 AND session_created_at < $4 \
+               AND closed_at IS NOT NULL AND {only} \
+             GROUP BY account_id, hours"
+        );
+        let rows = q(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(piece.from))
+            .bind(tz(piece.to))
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| Counted {
+                account: AccountId(r.get(0)),
+                key: r.get(1),
+                count: r.get(2),
+            })
+            .collect())
+    }
+
+    pub async fn runs_per_day(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+    ) -> Result<Vec<RunsOfDay>, StoreError> {
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT account_id, ({}::date - date '1970-01-01')::bigint AS day, \
+                 count(*) FILTER (WHERE status = 'succeeded'), \
+                 count(*) FILTER (WHERE status = 'failed'), \
+                 count(*) FILTER (WHERE status = 'abandoned'), \
+                 sum(rows_rejected)::bigint \
+             FROM sync_runs \
+             WHERE started_at >= $3 AND started_at < $4 AND status <> 'running' AND {only} \
+             GROUP BY account_id, day",
+            local("started_at")
+        );
+        let rows = q(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(piece.from))
+            .bind(tz(piece.to))
+            .bind(piece.offset_secs)
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| RunsOfDay {
+                account: AccountId(r.get(0)),
+                day: r.get(1),
+                succeeded: r.get(2),
+                failed: r.get(3),
+                abandoned: r.get(4),
+                rows_rejected: r.get(5),
+            })
+            .collect())
+    }
+
+    pub async fn most_polls(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT coalesce(max(polls), 0)::bigint FROM ( \
+                 SELECT count(*) AS polls FROM sync_runs \
+                 WHERE status = 'succeeded' AND sessions_open IS NOT NULL \
+                   AND started_at >= $3 AND started_at < $4 AND {only} \
+                 GROUP BY account_id) p"
+        );
+        q_scalar(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(from))
+            .bind(tz(to))
+            .fetch_one(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)
+    }
+
+    pub async fn open_points(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+        step: Option<i64>,
+    ) -> Result<Vec<OpenPoint>, StoreError> {
+        let only = scope_sql(scope, "account_id");
+        let filter = format!(
+            "status = 'succeeded' AND sessions_open IS NOT NULL \
+             AND started_at >= $3 AND started_at < $4 AND {only}"
+        );
+        let sql = match step {
+            None => format!(
+                "SELECT account_id, started_at, sessions_open FROM sync_runs WHERE {filter} \
+                 ORDER BY account_id, started_at, id"
+            ),
+            // Each step's last run: steps of $6 seconds from $5 (whole seconds).
+            Some(_) => format!(
+                "SELECT account_id, started_at, sessions_open FROM ( \
+                     SELECT DISTINCT ON (account_id, step) account_id, started_at, \
+                            sessions_open \
+                     FROM (SELECT account_id, started_at, sessions_open, id, \
+                                  floor((date_part('epoch', started_at) - $5::bigint) \
+                                        / $6::bigint) AS step \
+                           FROM sync_runs WHERE {filter}) r \
+                     ORDER BY account_id, step, started_at DESC, id DESC) s \
+                 ORDER BY account_id, started_at"
+            ),
+        };
+        let mut query = q(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(from))
+            .bind(tz(to));
+        if let Some(step) = step {
+            query = query.bind(from.as_millis().div_euclid(1000)).bind(step);
+        }
+        let rows = query.fetch_all(&mut *self.tx).await.doing(REPORT_ACTION)?;
+        open_points(&rows)
+    }
+
+    pub async fn open_before(
+        &mut self,
+        scope: ReportScope,
+        before: Timestamp,
+    ) -> Result<Vec<OpenPoint>, StoreError> {
+        let rows = q(
+            "SELECT a.id, r.started_at, r.sessions_open FROM accounts a \
+             CROSS JOIN LATERAL ( \
+                 SELECT started_at, sessions_open FROM sync_runs \
+                 WHERE account_id = a.id AND status = 'succeeded' AND started_at < $3 \
+                 ORDER BY started_at DESC, id DESC LIMIT 1) r \
+             WHERE ($1::bigint IS NULL OR a.customer_id = $1) \
+               AND ($2::bigint IS NULL OR a.sub_account_id = $2) \
+               AND r.sessions_open IS NOT NULL",
+        )
+        .bind(scope.customer)
+        .bind(scope.sub_account)
+        .bind(tz(before))
+        .fetch_all(&mut *self.tx)
+        .await
+        .doing(REPORT_ACTION)?;
+        open_points(&rows)
+    }
+
+    pub async fn failures(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<FailedRunRow>, StoreError> {
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT account_id, started_at, status, error FROM sync_runs \
+             WHERE status IN ('failed', 'abandoned') AND started_at >= $3 AND started_at < $4 \
+               AND {only} \
+             ORDER BY started_at DESC, id DESC LIMIT $5"
+        );
+        let rows = q(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(from))
+            .bind(tz(to))
+            .bind(limit)
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailedRunRow {
+                    account: AccountId(r.try_get(0)?),
+                    started_at: ts_req(r, 1)?,
+                    status: r.try_get(2)?,
+                    error: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .doing(REPORT_ACTION)
+    }
+
+    pub async fn rejected_by_reason(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<RejectedReason>, StoreError> {
+        let only_runs = scope_sql(scope, "r.account_id");
+        let sql = format!(
+            "SELECT r.account_id, j.reason, count(*) FROM rejected_rows j \
+             JOIN sync_runs r ON r.id = j.run_id \
+             WHERE r.started_at >= $3 AND r.started_at < $4 AND {only_runs} \
+             GROUP BY r.account_id, j.reason \
+             ORDER BY r.account_id, count(*) DESC, j.reason"
+        );
+        let rows = q(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(from))
+            .bind(tz(to))
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| RejectedReason {
+                account: AccountId(r.get(0)),
+                reason: r.get(1),
+                count: r.get(2),
+            })
+            .collect())
+    }
+
+    pub async fn finish(self) -> Result<(), StoreError> {
+        self.tx.commit().await.doing(REPORT_ACTION)
+    }
+}
+
+fn open_points(rows: &[PgRow]) -> Result<Vec<OpenPoint>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok(OpenPoint {
+                account: AccountId(r.try_get(0)?),
+                at: ts_req(r, 1)?,
+                open: r.try_get(2)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .doing(REPORT_ACTION)
+}
+
+/// One row of `ACCOUNT_STATUS_SQL`, for `status` and the report alike.
+fn account_status(r: &PgRow) -> AccountStatus {
+    AccountStatus {
+        customer_id: r.get(0),
+        sub_account_id: r.get(1),
+        name: r.get(2),
+        last_run: ts_at(r, 3).map(|finished_at| FinishedRun {
+            finished_at,
+            status: r.get(4),
+            error: r.get(5),
+        }),
+        last_success: ts_at(r, 6),
+        open_sessions: r.get(7),
+        recent: r.get::<bool, _>(8).then(|| super::RecentFigures {
+            opened_24h: r.get(9),
+            expiring_1h: r.get(10),
+            expired_7d: r.get(11),
+            listed_past_expiry_7d: r.get(12),
+            closed_7d: r.get(13),
+            renewed_7d: r.get(14),
+        }),
     }
 }

@@ -17,9 +17,10 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Executor, Row, Sqlite};
 
 use super::{
-    AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Doing, FinishedRun,
-    HistoryFilter, HistoryRow, ReadCounts, RunId, RunStatus, StoreError, ABANDONED_BY_CRASH,
-    BATCH_ROWS, REJECT_BATCH_ROWS,
+    AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Counted, Doing,
+    FailedRunRow, FinishedRun, HistoryFilter, HistoryRow, OpenPoint, ReadCounts, RejectedReason,
+    ReportAccount, ReportScope, RunId, RunStatus, RunsOfDay, StoreError, TzPiece,
+    ABANDONED_BY_CRASH, BATCH_ROWS, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
 use crate::snapshot::{PhoneNumber, Rejection, SessionKey};
@@ -379,29 +380,7 @@ impl SqliteStore {
             .fetch_all(&self.pool)
             .await
             .doing("reading each account's status")?;
-        Ok(rows
-            .iter()
-            .map(|r| AccountStatus {
-                customer_id: r.get(0),
-                sub_account_id: r.get(1),
-                name: r.get(2),
-                last_run: ts_at(r, 3).map(|finished_at| FinishedRun {
-                    finished_at,
-                    status: r.get(4),
-                    error: r.get(5),
-                }),
-                last_success: ts_at(r, 6),
-                open_sessions: r.get(7),
-                recent: r.get::<bool, _>(8).then(|| super::RecentFigures {
-                    opened_24h: r.get(9),
-                    expiring_1h: r.get(10),
-                    expired_7d: r.get(11),
-                    listed_past_expiry_7d: r.get(12),
-                    closed_7d: r.get(13),
-                    renewed_7d: r.get(14),
-                }),
-            })
-            .collect())
+        Ok(rows.iter().map(account_status).collect())
     }
 
     pub fn export_history(
@@ -419,6 +398,13 @@ impl SqliteStore {
                     .doing("reading session_history")
             })
             .boxed()
+    }
+
+    pub async fn read_report(&self) -> Result<SqliteReportReader, StoreError> {
+        // A deferred BEGIN takes no lock: the first read pins one snapshot of the WAL for
+        // every query of the report, and the daemon keeps writing meanwhile.
+        let tx = self.pool.begin().await.doing(REPORT_ACTION)?;
+        Ok(SqliteReportReader { tx })
     }
 
     pub async fn close(&self) {
@@ -672,7 +658,7 @@ impl SqliteStaging {
         let marked = sqlx::query(
             "UPDATE sync_runs SET status = 'succeeded', finished_at = ?1, rows_read = ?2, \
                  rows_rejected = ?3, sessions_new = ?4, sessions_reopened = ?5, \
-                 sessions_closed = ?6, error = NULL \
+                 sessions_closed = ?6, sessions_open = ?8, error = NULL \
              WHERE id = ?7 AND status = 'running'",
         )
         .bind(iso(p.finished_at))
@@ -682,6 +668,7 @@ impl SqliteStaging {
         .bind(counts.sessions_reopened as i64)
         .bind(counts.sessions_closed as i64)
         .bind(p.run.0)
+        .bind(counts.sessions_open as i64)
         .execute(&mut *tx)
         .await
         .doing("marking the run succeeded")?
@@ -746,5 +733,369 @@ impl SqliteStaging {
         if !ok || dropped.is_err() {
             self.conn.close_on_drop();
         }
+    }
+}
+
+const REPORT_ACTION: &str = "reading the report's figures";
+
+/// The accounts a report reads, as a condition on `column` (an account id); `?1` and `?2`
+/// are the scope's customer and sub-account. For every account the condition is always
+/// true (it still names both parameters, which are bound either way).
+fn scope_sql(scope: ReportScope, column: &str) -> String {
+    if scope.customer.is_none() {
+        "(?1 IS NULL AND ?2 IS NULL)".to_owned()
+    } else {
+        format!(
+            "{column} IN (SELECT id FROM accounts \
+             WHERE customer_id = ?1 AND (?2 IS NULL OR sub_account_id = ?2))"
+        )
+    }
+}
+
+/// Whole seconds since 1970 of a stored timestamp (its milliseconds dropped: every bucket
+/// of the report starts on a whole second, so they never change which one it falls in).
+fn unix_secs(column: &str) -> String {
+    format!("CAST(strftime('%s', {column}) AS INTEGER)")
+}
+
+/// See `super::ReportReader`.
+pub struct SqliteReportReader {
+    tx: sqlx::Transaction<'static, Sqlite>,
+}
+
+impl SqliteReportReader {
+    pub async fn accounts(&mut self, scope: ReportScope) -> Result<Vec<ReportAccount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, customer_id, sub_account_id, name FROM accounts \
+             WHERE (?1 IS NULL OR customer_id = ?1) AND (?2 IS NULL OR sub_account_id = ?2) \
+             ORDER BY customer_id, sub_account_id IS NOT NULL, sub_account_id",
+        )
+        .bind(scope.customer)
+        .bind(scope.sub_account)
+        .fetch_all(&mut *self.tx)
+        .await
+        .doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| ReportAccount {
+                id: AccountId(r.get(0)),
+                customer_id: r.get(1),
+                sub_account_id: r.get(2),
+                name: r.get(3),
+            })
+            .collect())
+    }
+
+    pub async fn statuses(&mut self) -> Result<Vec<AccountStatus>, StoreError> {
+        // No `now`: the recent figures are `status`'s, not the report's.
+        let none = None::<String>;
+        let rows = sqlx::query(ACCOUNT_STATUS_SQL)
+            .bind(none.clone())
+            .bind(none.clone())
+            .bind(none.clone())
+            .bind(none)
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(rows.iter().map(account_status).collect())
+    }
+
+    pub async fn opened(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+        each: &mut (dyn FnMut(Counted) + Send),
+    ) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT account_id, ({} + ?5) / 3600 AS hour, count(*) FROM sessions \
+             WHERE session_created_at >= ?3 AND session_created_at < ?4 AND {only} \
+             GROUP BY account_id, hour",
+            unix_secs("session_created_at")
+        );
+        let mut rows = sqlx::query(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(iso(piece.from))
+            .bind(iso(piece.to))
+            .bind(piece.offset_secs)
+            .fetch(&mut *self.tx);
+        while let Some(r) = rows.try_next().await.doing(REPORT_ACTION)? {
+            each(Counted {
+                account: AccountId(r.get(0)),
+                key: r.get(1),
+                count: r.get(2),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn lifetimes(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+    ) -> Result<Vec<Counted>, StoreError> {
+        let (from, to) = (piece.from, piece.to);
+        // The analysts' recipe "How long do sessions stay listed", kept within 0 to 24 (a
+        // vendor's clock ahead of ours can put closed_at a little before the creation).
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT account_id, \
+                 max(min(CAST(round((julianday(closed_at) - julianday(session_created_at)) \
+                                    * 86400000) AS INTEGER) / 3600000, 24), 0) AS hours, \
+                 count(*) \
+             FROM sessions \
+             WHERE session_created_at >= ?3 AND session_created_at < ?4 \
+               AND closed_at IS NOT NULL AND {only} \
+             GROUP BY account_id, hours"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(iso(from))
+            .bind(iso(to))
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| Counted {
+                account: AccountId(r.get(0)),
+                key: r.get(1),
+                count: r.get(2),
+            })
+            .collect())
+    }
+
+    pub async fn runs_per_day(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+    ) -> Result<Vec<RunsOfDay>, StoreError> {
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT account_id, ({} + ?5) / 86400 AS day, \
+                 sum(status = 'succeeded'), sum(status = 'failed'), sum(status = 'abandoned'), \
+                 sum(rows_rejected) \
+             FROM sync_runs \
+             WHERE started_at >= ?3 AND started_at < ?4 AND status <> 'running' AND {only} \
+             GROUP BY account_id, day",
+            unix_secs("started_at")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(iso(piece.from))
+            .bind(iso(piece.to))
+            .bind(piece.offset_secs)
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| RunsOfDay {
+                account: AccountId(r.get(0)),
+                day: r.get(1),
+                succeeded: r.get(2),
+                failed: r.get(3),
+                abandoned: r.get(4),
+                rows_rejected: r.get(5),
+            })
+            .collect())
+    }
+
+    pub async fn most_polls(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT coalesce(max(polls), 0) FROM ( \
+                 SELECT count(*) AS polls FROM sync_runs \
+                 WHERE status = 'succeeded' AND sessions_open IS NOT NULL \
+                   AND started_at >= ?3 AND started_at < ?4 AND {only} \
+                 GROUP BY account_id)"
+        );
+        sqlx::query_scalar(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(iso(from))
+            .bind(iso(to))
+            .fetch_one(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)
+    }
+
+    pub async fn open_points(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+        step: Option<i64>,
+    ) -> Result<Vec<OpenPoint>, StoreError> {
+        let only = scope_sql(scope, "account_id");
+        let filter = format!(
+            "status = 'succeeded' AND sessions_open IS NOT NULL \
+             AND started_at >= ?3 AND started_at < ?4 AND {only}"
+        );
+        // With a step, SQLite takes the bare columns from the row where max() found its
+        // value: the step's last run.
+        let sql = match step {
+            None => format!(
+                "SELECT account_id, started_at, sessions_open FROM sync_runs WHERE {filter} \
+                 ORDER BY account_id, started_at, id"
+            ),
+            Some(_) => format!(
+                "SELECT account_id, max(started_at), sessions_open FROM sync_runs \
+                 WHERE {filter} \
+                 GROUP BY account_id, ({} - ?5) / ?6 \
+                 ORDER BY account_id, 2",
+                unix_secs("started_at")
+            ),
+        };
+        let mut query = sqlx::query(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(iso(from))
+            .bind(iso(to));
+        if let Some(step) = step {
+            query = query.bind(from.as_millis().div_euclid(1000)).bind(step);
+        }
+        let rows = query.fetch_all(&mut *self.tx).await.doing(REPORT_ACTION)?;
+        open_points(&rows)
+    }
+
+    pub async fn open_before(
+        &mut self,
+        scope: ReportScope,
+        before: Timestamp,
+    ) -> Result<Vec<OpenPoint>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.id, r.started_at, r.sessions_open FROM accounts a \
+             JOIN sync_runs r ON r.id = ( \
+                 SELECT id FROM sync_runs WHERE account_id = a.id AND status = 'succeeded' \
+                   AND started_at < ?3 ORDER BY started_at DESC, id DESC LIMIT 1) \
+             WHERE (?1 IS NULL OR a.customer_id = ?1) AND (?2 IS NULL OR a.sub_account_id = ?2) \
+               AND r.sessions_open IS NOT NULL",
+        )
+        .bind(scope.customer)
+        .bind(scope.sub_account)
+        .bind(iso(before))
+        .fetch_all(&mut *self.tx)
+        .await
+        .doing(REPORT_ACTION)?;
+        open_points(&rows)
+    }
+
+    pub async fn failures(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+        limit: i64,
+    ) -> Result<Vec<FailedRunRow>, StoreError> {
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT account_id, started_at, status, error FROM sync_runs \
+             WHERE status IN ('failed', 'abandoned') AND started_at >= ?3 AND started_at < ?4 \
+               AND {only} \
+             ORDER BY started_at DESC, id DESC LIMIT ?5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(iso(from))
+            .bind(iso(to))
+            .bind(limit)
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailedRunRow {
+                    account: AccountId(r.try_get(0)?),
+                    started_at: ts_req(r, 1)?,
+                    status: r.try_get(2)?,
+                    error: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .doing(REPORT_ACTION)
+    }
+
+    pub async fn rejected_by_reason(
+        &mut self,
+        scope: ReportScope,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<RejectedReason>, StoreError> {
+        let only_runs = scope_sql(scope, "r.account_id");
+        let sql = format!(
+            "SELECT r.account_id, j.reason, count(*) FROM rejected_rows j \
+             JOIN sync_runs r ON r.id = j.run_id \
+             WHERE r.started_at >= ?3 AND r.started_at < ?4 AND {only_runs} \
+             GROUP BY r.account_id, j.reason \
+             ORDER BY r.account_id, count(*) DESC, j.reason"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(iso(from))
+            .bind(iso(to))
+            .fetch_all(&mut *self.tx)
+            .await
+            .doing(REPORT_ACTION)?;
+        Ok(rows
+            .iter()
+            .map(|r| RejectedReason {
+                account: AccountId(r.get(0)),
+                reason: r.get(1),
+                count: r.get(2),
+            })
+            .collect())
+    }
+
+    pub async fn finish(self) -> Result<(), StoreError> {
+        self.tx.commit().await.doing(REPORT_ACTION)
+    }
+}
+
+fn open_points(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<OpenPoint>, StoreError> {
+    rows.iter()
+        .map(|r| {
+            Ok(OpenPoint {
+                account: AccountId(r.try_get(0)?),
+                at: ts_req(r, 1)?,
+                open: r.try_get(2)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .doing(REPORT_ACTION)
+}
+
+/// One row of `ACCOUNT_STATUS_SQL`, for `status` and the report alike.
+fn account_status(r: &sqlx::sqlite::SqliteRow) -> AccountStatus {
+    AccountStatus {
+        customer_id: r.get(0),
+        sub_account_id: r.get(1),
+        name: r.get(2),
+        last_run: ts_at(r, 3).map(|finished_at| FinishedRun {
+            finished_at,
+            status: r.get(4),
+            error: r.get(5),
+        }),
+        last_success: ts_at(r, 6),
+        open_sessions: r.get(7),
+        recent: r.get::<bool, _>(8).then(|| super::RecentFigures {
+            opened_24h: r.get(9),
+            expiring_1h: r.get(10),
+            expired_7d: r.get(11),
+            listed_past_expiry_7d: r.get(12),
+            closed_7d: r.get(13),
+            renewed_7d: r.get(14),
+        }),
     }
 }

@@ -8,6 +8,7 @@ mod helpers;
 
 mod analysts;
 mod apply;
+mod browser;
 mod careless;
 mod claims;
 mod cli;
@@ -27,6 +28,7 @@ mod properties;
 mod readme;
 mod rejected;
 mod renewals;
+mod report;
 mod request;
 mod status;
 mod systemd;
