@@ -19,8 +19,10 @@
 //!   Days and hours are grouped in SQL over [`TzPiece`]s, stretches of the period with one
 //!   UTC offset found with chrono-tz, so SQLite (which knows no zones) and PostgreSQL group
 //!   alike.
-//! - Issue 12 (renewals) adds conversations to the per-day and per-hour charts and splits
-//!   the lifetimes into renewed and ended: see the `renewals` notes in [`page`].
+//! - **Renewals.** The per-day and per-hour charts count conversations beside sessions (a
+//!   session starts one when no earlier session of its number was still open: the
+//!   `conversations` view's rule, read over the period and one session window before it),
+//!   and the lifetimes split into sessions that closed as renewed and those that ended.
 
 mod live;
 mod page;
@@ -232,8 +234,13 @@ pub struct Series {
     /// Per local day of the period, in order.
     pub opened_per_day: Vec<i64>,
     pub opened_per_hour: [i64; 24],
-    /// Sessions that ended, per whole hours listed (0 to 24).
+    /// Conversations started (see the `conversations` view), per local day and hour.
+    pub conversations_per_day: Vec<i64>,
+    pub conversations_per_hour: [i64; 24],
+    /// Sessions that ended, per whole hours listed (0 to 24), and of them those that closed
+    /// as renewed.
     pub lifetimes: [i64; 25],
+    pub renewed_lifetimes: [i64; 25],
     /// Per local day: succeeded, failed, abandoned runs, rejected records.
     pub runs_per_day: Vec<[i64; 4]>,
     /// Open sessions after each poll drawn, in time order.
@@ -244,6 +251,7 @@ impl Series {
     fn new(days: usize) -> Series {
         Series {
             opened_per_day: vec![0; days],
+            conversations_per_day: vec![0; days],
             runs_per_day: vec![[0; 4]; days],
             ..Series::default()
         }
@@ -255,6 +263,10 @@ impl Series {
 
     pub fn ended(&self) -> i64 {
         self.lifetimes.iter().sum()
+    }
+
+    pub fn conversations(&self) -> i64 {
+        self.conversations_per_day.iter().sum()
     }
 
     pub fn runs(&self) -> [i64; 4] {
@@ -329,11 +341,13 @@ impl Figures {
     }
 }
 
-/// How often each account is polled, from the configuration, for staleness.
+/// How often each account is polled, from the configuration, for staleness; and how long a
+/// session's window lasts, to chain sessions into conversations.
 #[derive(Debug, Clone)]
 pub struct Schedules {
     default_secs: i64,
     accounts: Vec<((i64, Option<i64>), i64)>,
+    session_window_hours: u32,
 }
 
 impl Schedules {
@@ -345,6 +359,7 @@ impl Schedules {
                 .iter()
                 .map(|a| ((a.customer_id, a.sub_account_id), interval_secs(&a.cron)))
                 .collect(),
+            session_window_hours: config.sync.session_window_hours,
         }
     }
 
@@ -451,10 +466,28 @@ async fn read_figures(
             })
             .await
             .map_err(db)?;
-        for c in reader.lifetimes(scope, *piece).await.map_err(db)? {
-            if let (Some(s), Ok(h)) = (series.get_mut(&c.account), usize::try_from(c.key)) {
+        let lookback_from = Timestamp::from_millis(
+            piece.from.as_millis() - i64::from(schedules.session_window_hours) * 3_600_000,
+        )
+        .unwrap_or(piece.from);
+        reader
+            .conversations_started(scope, *piece, lookback_from, &mut |c| {
+                if let Some(s) = series.get_mut(&c.account) {
+                    if let Some(i) = day_index(c.key.div_euclid(24)) {
+                        s.conversations_per_day[i] += c.count;
+                    }
+                    s.conversations_per_hour[c.key.rem_euclid(24) as usize] += c.count;
+                }
+            })
+            .await
+            .map_err(db)?;
+        for l in reader.lifetimes(scope, *piece).await.map_err(db)? {
+            if let (Some(s), Ok(h)) = (series.get_mut(&l.account), usize::try_from(l.hours)) {
                 if let Some(slot) = s.lifetimes.get_mut(h) {
-                    *slot += c.count;
+                    *slot += l.count;
+                    if l.renewed {
+                        s.renewed_lifetimes[h] += l.count;
+                    }
                 }
             }
         }
@@ -508,6 +541,23 @@ async fn read_figures(
             *t += v;
         }
         for (t, v) in all.lifetimes.iter_mut().zip(&s.lifetimes) {
+            *t += v;
+        }
+        for (t, v) in all.renewed_lifetimes.iter_mut().zip(&s.renewed_lifetimes) {
+            *t += v;
+        }
+        for (t, v) in all
+            .conversations_per_day
+            .iter_mut()
+            .zip(&s.conversations_per_day)
+        {
+            *t += v;
+        }
+        for (t, v) in all
+            .conversations_per_hour
+            .iter_mut()
+            .zip(&s.conversations_per_hour)
+        {
             *t += v;
         }
         for (t, v) in all.runs_per_day.iter_mut().zip(&s.runs_per_day) {

@@ -4,9 +4,10 @@
 //! in a `<table data-table="NAME" data-account="KEY">` (KEY: `all`, `42`, or `42-7` for a
 //! sub-account) that tests and scripts can read. Numbers are plain integers.
 //!
-//! renewals (issue 12): the per-day and per-hour charts gain a second series,
-//! conversations (from the `conversations` view), and the lifetimes chart splits into
-//! renewed and ended sessions (`sessions.closed_reason`); their places are marked below.
+//! Conversations (the `conversations` view's chains of renewed sessions) have charts of their
+//! own, per day and per hour: stacked on the sessions' bars they would be counted twice. The
+//! lifetimes chart stacks the sessions that closed as renewed on those that ended
+//! (`sessions.closed_reason`).
 
 use std::fmt::Write;
 
@@ -38,7 +39,7 @@ svg .grid{stroke:#e3e6ea}svg .axis{stroke:#888}
 svg text{font-size:11px;fill:#333}svg .axis-label{font-size:12px;fill:#222}
 svg .empty{fill:#777;font-size:13px}
 svg .line{fill:none;stroke:#1565c0;stroke-width:1.5}svg .point{fill:#1565c0}
-.s-main{fill:#1565c0}.s-ok{fill:#2e7d32}.s-failed{fill:#c62828}.s-abandoned{fill:#f9a825}.s-rejected{fill:#6a1b9a}
+.s-main{fill:#1565c0}.s-renewed{fill:#00897b}.s-conversations{fill:#5e35b1}.s-ok{fill:#2e7d32}.s-failed{fill:#c62828}.s-abandoned{fill:#f9a825}.s-rejected{fill:#6a1b9a}
 details>summary{cursor:pointer;color:#1565c0;font-size:.85em}
 section.account>details>summary{font-size:1.1em;font-weight:600;color:#1b1f24;margin:1em 0 .3em}
 form{margin:.6em 0}form label{margin-right:10px;font-size:.9em}form input{width:10em}
@@ -362,7 +363,6 @@ fn charts(out: &mut String, f: &Figures, s: &Series, key: &str, total: bool) {
         },
     );
 
-    // renewals: a "conversations" series goes beside "sessions" in the next two charts.
     figure(
         out,
         "Sessions opened per day",
@@ -410,28 +410,93 @@ fn charts(out: &mut String, f: &Figures, s: &Series, key: &str, total: bool) {
                 .collect(),
         },
     );
-    // renewals: split into "renewed" and "ended" series by sessions.closed_reason.
+    // Conversations: chains of a number's renewed sessions (the `conversations` view).
+    figure(
+        out,
+        "Conversations started per day",
+        "A conversation is a number's chain of sessions, each opened before the previous one's window expired (renewals); a contact after the window starts a new one.",
+        svg::bars(&Bars {
+            title: "Conversations started per day",
+            x_label: &day_axis,
+            y_label: "conversations started per day",
+            labels: day_labels.clone(),
+            series: vec![BarSeries {
+                name: "conversations",
+                class: "s-conversations",
+                values: s.conversations_per_day.clone(),
+            }],
+        }),
+        Table {
+            name: "conversations-per-day",
+            account: key,
+            headers: vec![format!("day ({zone})"), "conversations started".into()],
+            rows: day_rows(&|i| vec![s.conversations_per_day[i].to_string()]),
+        },
+    );
+    figure(
+        out,
+        "Conversations started per hour of the day",
+        "Over the whole period.",
+        svg::bars(&Bars {
+            title: "Conversations started per hour of the day",
+            x_label: &hour_axis,
+            y_label: "conversations started",
+            labels: (0..24).map(|h| h.to_string()).collect(),
+            series: vec![BarSeries {
+                name: "conversations",
+                class: "s-conversations",
+                values: s.conversations_per_hour.to_vec(),
+            }],
+        }),
+        Table {
+            name: "conversations-per-hour",
+            account: key,
+            headers: vec![format!("hour ({zone})"), "conversations started".into()],
+            rows: (0..24)
+                .map(|h| vec![h.to_string(), s.conversations_per_hour[h].to_string()])
+                .collect(),
+        },
+    );
+    let ended: Vec<i64> = s
+        .lifetimes
+        .iter()
+        .zip(&s.renewed_lifetimes)
+        .map(|(all, renewed)| all - renewed)
+        .collect();
     figure(
         out,
         "How long sessions lasted",
-        "Sessions opened in the period that have ended, by whole hours from opening to the first poll that no longer listed them; 24 is the whole window or more.",
+        "Sessions opened in the period that have ended, by whole hours from opening to the first poll that no longer listed them; 24 is the whole window or more. Renewed: the customer wrote again, and the vendor opened a new session for the number; ended: the number was gone.",
         svg::bars(&Bars {
             title: "How long sessions lasted",
             x_label: "hours from opening to the end (h)",
             y_label: "sessions ended",
             labels: (0..25).map(|h| h.to_string()).collect(),
-            series: vec![BarSeries {
-                name: "sessions",
-                class: "s-main",
-                values: s.lifetimes.to_vec(),
-            }],
+            series: vec![
+                BarSeries {
+                    name: "renewed",
+                    class: "s-renewed",
+                    values: s.renewed_lifetimes.to_vec(),
+                },
+                BarSeries {
+                    name: "ended",
+                    class: "s-main",
+                    values: ended.clone(),
+                },
+            ],
         }),
         Table {
             name: "lifetimes",
             account: key,
-            headers: vec!["hours".into(), "sessions ended".into()],
+            headers: vec!["hours".into(), "renewed".into(), "ended".into()],
             rows: (0..25)
-                .map(|h| vec![h.to_string(), s.lifetimes[h].to_string()])
+                .map(|h| {
+                    vec![
+                        h.to_string(),
+                        s.renewed_lifetimes[h].to_string(),
+                        ended[h].to_string(),
+                    ]
+                })
                 .collect(),
         },
     );

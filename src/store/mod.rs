@@ -764,13 +764,29 @@ impl ReportReader {
         dispatch_report!(self, r => r.opened(scope, piece, each).await)
     }
 
-    /// Sessions created in the piece that have ended, per account and whole hours from
-    /// `session_created_at` to `closed_at` (0 to 24; 24 is the whole window or more).
+    /// Conversations (see the `conversations` view) that started in the piece, per account
+    /// and local hour, as [`ReportReader::opened`] counts sessions. A session starts one when
+    /// no earlier session of its number was still open at its creation; sessions created from
+    /// `lookback_from` on are read to find each one's predecessor: the piece's start less one
+    /// session window is enough, since an older one had expired by then.
+    pub async fn conversations_started(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+        lookback_from: Timestamp,
+        each: &mut (dyn FnMut(Counted) + Send),
+    ) -> Result<(), StoreError> {
+        dispatch_report!(self, r => r.conversations_started(scope, piece, lookback_from, each).await)
+    }
+
+    /// Sessions created in the piece that have ended, per account, whole hours from
+    /// `session_created_at` to `closed_at` (0 to 24; 24 is the whole window or more) and
+    /// whether they closed as renewed.
     pub async fn lifetimes(
         &mut self,
         scope: ReportScope,
         piece: TzPiece,
-    ) -> Result<Vec<Counted>, StoreError> {
+    ) -> Result<Vec<Lifetime>, StoreError> {
         dispatch_report!(self, r => r.lifetimes(scope, piece).await)
     }
 
@@ -876,6 +892,15 @@ pub struct ReportAccount {
 pub struct Counted {
     pub account: AccountId,
     pub key: i64,
+    pub count: i64,
+}
+
+/// Ended sessions of one account that lasted `hours` whole hours, `renewed` or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    pub account: AccountId,
+    pub hours: i64,
+    pub renewed: bool,
     pub count: i64,
 }
 

@@ -28,7 +28,7 @@ use sqlx::{ConnectOptions, Connection, Executor, Row, Transaction};
 
 use super::{
     AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Cause, Claim, ClaimOutcome,
-    Counted, Doing, FailedRunRow, Fence, FinishedRun, HistoryRow, OpenPoint, ReadCounts,
+    Counted, Doing, FailedRunRow, Fence, FinishedRun, HistoryRow, Lifetime, OpenPoint, ReadCounts,
     RejectedReason, ReportAccount, ReportScope, RunId, RunStatus, RunsOfDay, StoreError, TzPiece,
     ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
 };
@@ -1143,6 +1143,49 @@ impl PostgresReportReader {
         Ok(())
     }
 
+    pub async fn conversations_started(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+        lookback_from: Timestamp,
+        each: &mut (dyn FnMut(Counted) + Send),
+    ) -> Result<(), StoreError> {
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT account_id, \
+                 floor((date_part('epoch', session_created_at) + $5::int) / 3600)::bigint \
+                     AS hour, \
+                 count(*) \
+             FROM ( \
+                 SELECT account_id, session_created_at, \
+                     lag(expires_at) OVER (PARTITION BY account_id, source \
+                                           ORDER BY session_created_at) AS previous_expires \
+                 FROM sessions \
+                 WHERE session_created_at >= $6 AND session_created_at < $4 AND {only} \
+             ) s \
+             WHERE session_created_at >= $3 \
+               AND (previous_expires IS NULL OR session_created_at >= previous_expires) \
+             GROUP BY account_id, hour"
+        );
+        let mut rows = q(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(tz(piece.from))
+            .bind(tz(piece.to))
+            .bind(piece.offset_secs)
+            .bind(tz(lookback_from))
+            .fetch(&mut *self.tx);
+        while let Some(r) = rows.next().await {
+            let r = r.doing(REPORT_ACTION)?;
+            each(Counted {
+                account: AccountId(r.get(0)),
+                key: r.get(1),
+                count: r.get(2),
+            });
+        }
+        Ok(())
+    }
+
     /// The analysts' recipe "How long do sessions stay listed", kept within 0 to 24 (a
     /// vendor's clock ahead of ours can put closed_at a little before the creation). The
     /// interval's epoch is exact, so a lifetime of exactly an hour is one hour.
@@ -1150,17 +1193,18 @@ impl PostgresReportReader {
         &mut self,
         scope: ReportScope,
         piece: TzPiece,
-    ) -> Result<Vec<Counted>, StoreError> {
+    ) -> Result<Vec<Lifetime>, StoreError> {
         let only = scope_sql(scope, "account_id");
         let sql = format!(
             "SELECT account_id, \
                  greatest(least(floor(date_part('epoch', closed_at - session_created_at) \
                                       / 3600), 24), 0)::bigint AS hours, \
+                 coalesce(closed_reason = 'renewed', false) AS renewed, \
                  count(*) \
              FROM sessions \
              WHERE session_created_at >= $3 AND session_created_at < $4 \
                AND closed_at IS NOT NULL AND {only} \
-             GROUP BY account_id, hours"
+             GROUP BY account_id, hours, renewed"
         );
         let rows = q(&sql)
             .bind(scope.customer)
@@ -1172,10 +1216,11 @@ impl PostgresReportReader {
             .doing(REPORT_ACTION)?;
         Ok(rows
             .iter()
-            .map(|r| Counted {
+            .map(|r| Lifetime {
                 account: AccountId(r.get(0)),
-                key: r.get(1),
-                count: r.get(2),
+                hours: r.get(1),
+                renewed: r.get(2),
+                count: r.get(3),
             })
             .collect())
     }

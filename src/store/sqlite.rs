@@ -18,8 +18,8 @@ use sqlx::{ConnectOptions, Connection, Executor, Row, Sqlite};
 
 use super::{
     AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Counted, Doing,
-    FailedRunRow, FinishedRun, HistoryFilter, HistoryRow, OpenPoint, ReadCounts, RejectedReason,
-    ReportAccount, ReportScope, RunId, RunStatus, RunsOfDay, StoreError, TzPiece,
+    FailedRunRow, FinishedRun, HistoryFilter, HistoryRow, Lifetime, OpenPoint, ReadCounts,
+    RejectedReason, ReportAccount, ReportScope, RunId, RunStatus, RunsOfDay, StoreError, TzPiece,
     ABANDONED_BY_CRASH, BATCH_ROWS, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
@@ -831,11 +831,52 @@ impl SqliteReportReader {
         Ok(())
     }
 
+    pub async fn conversations_started(
+        &mut self,
+        scope: ReportScope,
+        piece: TzPiece,
+        lookback_from: Timestamp,
+        each: &mut (dyn FnMut(Counted) + Send),
+    ) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
+        let only = scope_sql(scope, "account_id");
+        let sql = format!(
+            "SELECT account_id, ({} + ?5) / 3600 AS hour, count(*) \
+             FROM ( \
+                 SELECT account_id, session_created_at, \
+                     lag(expires_at) OVER (PARTITION BY account_id, source \
+                                           ORDER BY session_created_at) AS previous_expires \
+                 FROM sessions \
+                 WHERE session_created_at >= ?6 AND session_created_at < ?4 AND {only} \
+             ) \
+             WHERE session_created_at >= ?3 \
+               AND (previous_expires IS NULL OR session_created_at >= previous_expires) \
+             GROUP BY account_id, hour",
+            unix_secs("session_created_at")
+        );
+        let mut rows = sqlx::query(&sql)
+            .bind(scope.customer)
+            .bind(scope.sub_account)
+            .bind(iso(piece.from))
+            .bind(iso(piece.to))
+            .bind(piece.offset_secs)
+            .bind(iso(lookback_from))
+            .fetch(&mut *self.tx);
+        while let Some(r) = rows.try_next().await.doing(REPORT_ACTION)? {
+            each(Counted {
+                account: AccountId(r.get(0)),
+                key: r.get(1),
+                count: r.get(2),
+            });
+        }
+        Ok(())
+    }
+
     pub async fn lifetimes(
         &mut self,
         scope: ReportScope,
         piece: TzPiece,
-    ) -> Result<Vec<Counted>, StoreError> {
+    ) -> Result<Vec<Lifetime>, StoreError> {
         let (from, to) = (piece.from, piece.to);
         // The analysts' recipe "How long do sessions stay listed", kept within 0 to 24 (a
         // vendor's clock ahead of ours can put closed_at a little before the creation).
@@ -844,11 +885,12 @@ impl SqliteReportReader {
             "SELECT account_id, \
                  max(min(CAST(round((julianday(closed_at) - julianday(session_created_at)) \
                                     * 86400000) AS INTEGER) / 3600000, 24), 0) AS hours, \
+                 coalesce(closed_reason = 'renewed', 0) AS renewed, \
                  count(*) \
              FROM sessions \
              WHERE session_created_at >= ?3 AND session_created_at < ?4 \
                AND closed_at IS NOT NULL AND {only} \
-             GROUP BY account_id, hours"
+             GROUP BY account_id, hours, renewed"
         );
         let rows = sqlx::query(&sql)
             .bind(scope.customer)
@@ -860,10 +902,11 @@ impl SqliteReportReader {
             .doing(REPORT_ACTION)?;
         Ok(rows
             .iter()
-            .map(|r| Counted {
+            .map(|r| Lifetime {
                 account: AccountId(r.get(0)),
-                key: r.get(1),
-                count: r.get(2),
+                hours: r.get(1),
+                renewed: r.get(2),
+                count: r.get(3),
             })
             .collect())
     }

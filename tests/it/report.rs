@@ -97,9 +97,13 @@ async fn fill(h: &Harness) {
     h.sync(0).await.unwrap();
     h.sync(1).await.unwrap();
 
-    // Round 2: 42 loses two sessions and gains one; 43 loses one.
-    let mut pairs2: Vec<(&str, &str)> = pairs[..4].to_vec();
-    let fresh = hours_ago(0.1);
+    // Round 2: 42 loses a session and gains one; 03 writes again within its window (its
+    // session closes as renewed, the conversation goes on); 06 comes back after its window
+    // expired (renewed too, by the vendor's list, but a new conversation); 43 loses one.
+    let (fresh, renewed, back) = (hours_ago(0.1), hours_ago(0.3), hours_ago(1.0));
+    let mut pairs2: Vec<(&str, &str)> = vec![pairs[0], pairs[1], pairs[3]];
+    pairs2.push(("5519900000003", renewed.as_str()));
+    pairs2.push(("5519900000006", back.as_str()));
     pairs2.push(("5519900000007", fresh.as_str()));
     h.vendor.set_sessions((42, None), &sessions(&pairs2));
     h.vendor
@@ -243,15 +247,65 @@ async fn check_against_sql(db: &TestDb, tables: &[Table], period: &Period) {
             .await,
         );
         assert_eq!(nonzero(&table("opened-per-hour", key)), per_hour, "{key}");
+        // Conversations, from the analysts' view over the whole history.
+        let in_view = match account {
+            None => String::new(),
+            Some((c, None)) => format!(" AND customer_id = {c} AND sub_account_id IS NULL"),
+            Some((c, Some(sub))) => format!(" AND customer_id = {c} AND sub_account_id = {sub}"),
+        };
+        let started_in = period.within("started_at");
+        let conversations_per_day = text_rows(
+            db.rows(&format!(
+                "SELECT {d}, count(*) FROM conversations WHERE {started_in}{in_view} \
+                 GROUP BY 1 ORDER BY 1",
+                d = day("started_at")
+            ))
+            .await,
+        );
+        assert_eq!(
+            nonzero(&table("conversations-per-day", key)),
+            conversations_per_day,
+            "{key}"
+        );
+        let conversations_per_hour = text_rows(
+            db.rows(&format!(
+                "SELECT {h}, count(*) FROM conversations WHERE {started_in}{in_view} \
+                 GROUP BY 1 ORDER BY 1",
+                h = hour("started_at")
+            ))
+            .await,
+        );
+        assert_eq!(
+            nonzero(&table("conversations-per-hour", key)),
+            conversations_per_hour,
+            "{key}"
+        );
+        let sum = |rows: &[Vec<String>]| -> i64 {
+            rows.iter().map(|r| r[1].parse::<i64>().unwrap()).sum()
+        };
+        if key != "43-7" {
+            assert!(
+                sum(&conversations_per_day) < sum(&per_day),
+                "{key}: a renewal keeps a conversation going: fewer conversations than sessions"
+            );
+        }
         let lifetimes = text_rows(
             db.rows(&format!(
-                "SELECT {lifetime}, count(*) FROM sessions \
-                 WHERE {sessions_in} AND closed_at IS NOT NULL{only} GROUP BY 1 ORDER BY 1"
+                "SELECT {lifetime}, {renewed}, {ended} FROM sessions \
+                 WHERE {sessions_in} AND closed_at IS NOT NULL{only} GROUP BY 1 ORDER BY 1",
+                renewed = count_if("closed_reason = 'renewed'"),
+                ended = count_if("closed_reason = 'ended'"),
             ))
             .await,
         );
         assert!(!lifetimes.is_empty(), "{key}: some sessions ended");
         assert_eq!(nonzero(&table("lifetimes", key)), lifetimes, "{key}");
+        if key == "42" {
+            assert!(
+                lifetimes.iter().any(|r| r[1] != "0"),
+                "42 has renewed sessions: {lifetimes:?}"
+            );
+        }
         let runs = text_rows(
             db.rows(&format!(
                 "SELECT {d}, {ok}, {failed}, {abandoned}, CAST(sum(rows_rejected) AS BIGINT) FROM sync_runs \
