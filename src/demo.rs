@@ -39,7 +39,7 @@ const ACCOUNTS: [(AccountKey, &str); 3] = [
 ];
 
 /// Example queries printed at the end; each also runs against the demo file.
-pub const EXAMPLE_QUERIES: [(&str, &str); 3] = [
+pub const EXAMPLE_QUERIES: [(&str, &str); 5] = [
     (
         "Open sessions now, per account",
         "SELECT account_name, count(*) AS open_sessions\n  FROM session_history WHERE is_open\n  GROUP BY account_name ORDER BY account_name;",
@@ -51,6 +51,14 @@ pub const EXAMPLE_QUERIES: [(&str, &str); 3] = [
     (
         "How long closed sessions stayed listed (seconds)",
         "SELECT account_name, count(*) AS closed,\n       round(avg((julianday(closed_at) - julianday(first_seen_at)) * 86400), 1) AS avg_listed_s\n  FROM session_history WHERE NOT is_open GROUP BY account_name ORDER BY account_name;",
+    ),
+    (
+        "Why sessions closed: renewed (the customer wrote again) or ended",
+        "SELECT account_name, closed_reason, count(*) AS sessions\n  FROM session_history WHERE NOT is_open GROUP BY 1, 2 ORDER BY 1, 2;",
+    ),
+    (
+        "Conversations (a number's renewed sessions chained), per account",
+        "SELECT account_name, count(*) AS conversations, sum(sessions) AS sessions\n  FROM conversations GROUP BY account_name ORDER BY account_name;",
     ),
 ];
 
@@ -216,9 +224,15 @@ pub async fn run(database: &Path, replace: bool) -> anyhow::Result<()> {
     let never = CancellationToken::new();
     for round in 1..=ROUNDS {
         for (i, ((key, _), sessions)) in ACCOUNTS.iter().zip(open.iter_mut()).enumerate() {
-            // Some sessions end, some numbers write in and open new ones.
+            // Some sessions end, some customers write again (the vendor lists their number
+            // with a new session_created_at: a renewal), some numbers write in and open new ones.
             sessions.retain(|_| rng.random_bool(0.7));
             let now = Timestamp::now();
+            for (_, created) in sessions.iter_mut() {
+                if rng.random_bool(0.2) {
+                    *created = now.to_iso();
+                }
+            }
             for _ in 0..rng.random_range(5..15) {
                 let source = format!(
                     "55{:02}9{:08}",
