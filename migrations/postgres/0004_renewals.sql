@@ -5,21 +5,26 @@
 -- Why a session closed: 'renewed' when the run that closed it listed the same number (same
 -- account) with a later session_created_at (the customer wrote again: the vendor opened a
 -- new window), 'ended' when the number was gone; NULL while open.
-ALTER TABLE sessions ADD COLUMN closed_reason TEXT
-    CHECK (closed_reason IN ('renewed', 'ended'));
-
+--
 -- The history so far, from what it holds: 'renewed' where a later session of the same number
 -- was first seen by the run that closed this one (first_seen_at and closed_at are both the
--- start of a run, so they are equal exactly then). A later session that was already listed
--- before that run is not seen as a renewal here; the sync sees it from now on.
-UPDATE sessions s SET closed_reason = CASE
-        WHEN EXISTS (
-            SELECT 1 FROM sessions later
-            WHERE later.account_id = s.account_id AND later.source = s.source
-              AND later.session_created_at > s.session_created_at
-              AND later.first_seen_at = s.closed_at)
-        THEN 'renewed' ELSE 'ended' END
-WHERE s.closed_at IS NOT NULL;
+-- start of a run, so they are equal exactly then), else 'ended'. A later session that was
+-- already listed before that run is not seen as a renewal here; the sync sees it from now on.
+--
+-- Without rewriting every closed session (four minutes on ten million): the column is added
+-- with 'ended' as its default, which PostgreSQL keeps in the catalog for the existing rows;
+-- then only the open sessions (made NULL) and the renewed ones are written, and the default
+-- is dropped, so that new sessions start NULL.
+ALTER TABLE sessions ADD COLUMN closed_reason TEXT DEFAULT 'ended'
+    CHECK (closed_reason IN ('renewed', 'ended'));
+UPDATE sessions SET closed_reason = NULL WHERE closed_at IS NULL;
+UPDATE sessions s SET closed_reason = 'renewed'
+FROM sessions later
+WHERE s.closed_at IS NOT NULL
+  AND later.account_id = s.account_id AND later.source = s.source
+  AND later.session_created_at > s.session_created_at
+  AND later.first_seen_at = s.closed_at;
+ALTER TABLE sessions ALTER COLUMN closed_reason DROP DEFAULT;
 
 -- session_history gains closed_reason (as its last column, so existing queries keep theirs).
 CREATE OR REPLACE VIEW session_history AS

@@ -106,7 +106,7 @@ const ACCOUNT_STATUS_SQL: &str = "\
                 SELECT 1 FROM sync_runs r \
                 WHERE r.account_id = s.account_id AND r.status = 'succeeded' \
                   AND r.started_at > s.expires_at \
-                  AND (s.closed_at IS NULL OR r.started_at < s.closed_at))) AS listed_past_expiry, \
+                  AND r.started_at < coalesce(s.closed_at, 'infinity'))) AS listed_past_expiry, \
             count(*) FILTER (WHERE s.closed_at IS NOT NULL) AS closed, \
             count(*) FILTER (WHERE s.closed_reason = 'renewed') AS renewed \
         FROM sessions s \

@@ -71,7 +71,7 @@ const ACCOUNT_STATUS_SQL: &str = "\
                 SELECT 1 FROM sync_runs r \
                 WHERE r.account_id = s.account_id AND r.status = 'succeeded' \
                   AND r.started_at > s.expires_at \
-                  AND (s.closed_at IS NULL OR r.started_at < s.closed_at)) THEN 1 ELSE 0 END) AS listed_past_expiry, \
+                  AND r.started_at < coalesce(s.closed_at, '9999-12-31')) THEN 1 ELSE 0 END) AS listed_past_expiry, \
             sum(CASE WHEN s.closed_at IS NOT NULL THEN 1 ELSE 0 END) AS closed, \
             sum(CASE WHEN s.closed_reason = 'renewed' THEN 1 ELSE 0 END) AS renewed \
         FROM sessions s \
