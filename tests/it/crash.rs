@@ -75,7 +75,7 @@ async fn sync(config: &std::path::Path) -> (std::process::Output, std::time::Dur
             return (output, held);
         }
         assert!(
-            held < LEASE + std::time::Duration::from_secs(3),
+            held < LEASE + std::time::Duration::from_secs(6),
             "the killed run's claim outlived its lease"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
