@@ -273,6 +273,14 @@ NOW = "2025-03-08 00:00:00Z"
 
 # The first migration of the renewals (closed_reason and its back-fill).
 RENEWALS_MIGRATION = 4
+# Recipes that chain sessions into conversations or look up a later poll per session, over the
+# last 7 days: held to 5 s rather than the 1 s of the others (see docs/analysts.md, How fast).
+CHAINING = {
+    "How many conversations started each day, in a local time zone?",
+    "How long do conversations last, per account?",
+    "How many times are conversations renewed, per account?",
+    "Does the vendor renew session_created_at? Per account, over the last 7 days",
+}
 
 
 def best_of_3(url, sql):
@@ -397,8 +405,9 @@ def main():
         print(psql(url, "EXPLAIN (ANALYZE, BUFFERS) " + sql))
     if not KEEP:
         psql(PG_ADMIN, f"DROP DATABASE {DB_NAME}")
-    if any(secs > 1.0 for name, secs in rows[1:] if not name.startswith("upgrade")):
-        sys.exit("a cookbook query took more than 1 s")
+    if any(secs > (5.0 if name in CHAINING else 1.0) for name, secs in rows[1:]
+           if not name.startswith("upgrade")):
+        sys.exit("a cookbook query took longer than its bound (1 s; 5 s for those that chain)")
 
 
 if __name__ == "__main__":
