@@ -37,8 +37,8 @@ pub use live::routes;
 
 use crate::config::Config;
 use crate::store::{
-    AccountId, AccountStatus, FailedRunRow, RejectedReason, ReportAccount, ReportScope, Store,
-    StoreError, TzPiece,
+    AccountId, AccountStatus, Counted, FailedRunRow, RejectedReason, ReportAccount, ReportScope,
+    Store, StoreError, TzPiece,
 };
 use crate::timestamp::Timestamp;
 
@@ -454,14 +454,17 @@ async fn read_figures(
         .collect();
     let pieces = tz_pieces(params.since, params.until, params.tz);
     for piece in &pieces {
+        // A count per local hour since 1970: its day, and its hour of the day (0 to 23).
+        let add = |per_day: &mut Vec<i64>, per_hour: &mut [i64; 24], c: &Counted| {
+            if let Some(i) = day_index(c.key.div_euclid(24)) {
+                per_day[i] += c.count;
+            }
+            per_hour[c.key.rem_euclid(24) as usize] += c.count;
+        };
         reader
             .opened(scope, *piece, &mut |c| {
                 if let Some(s) = series.get_mut(&c.account) {
-                    if let Some(i) = day_index(c.key.div_euclid(24)) {
-                        s.opened_per_day[i] += c.count;
-                    }
-                    // 0 to 23 by construction.
-                    s.opened_per_hour[c.key.rem_euclid(24) as usize] += c.count;
+                    add(&mut s.opened_per_day, &mut s.opened_per_hour, &c);
                 }
             })
             .await
@@ -473,10 +476,11 @@ async fn read_figures(
         reader
             .conversations_started(scope, *piece, lookback_from, &mut |c| {
                 if let Some(s) = series.get_mut(&c.account) {
-                    if let Some(i) = day_index(c.key.div_euclid(24)) {
-                        s.conversations_per_day[i] += c.count;
-                    }
-                    s.conversations_per_hour[c.key.rem_euclid(24) as usize] += c.count;
+                    add(
+                        &mut s.conversations_per_day,
+                        &mut s.conversations_per_hour,
+                        &c,
+                    );
                 }
             })
             .await
