@@ -272,21 +272,12 @@ pub async fn execute(command: Command) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let shutdown = crate::daemon::shutdown_signal();
-            crate::daemon::refuse_reload();
-            tokio::pin!(shutdown);
-            let store = match crate::startup::open_store_patiently(&config, shutdown.as_mut()).await
-            {
-                Ok(Some(store)) => store,
-                Ok(None) => return ExitCode::SUCCESS, // stopped while waiting
-                Err(e) => return fatal(e),
+            let ran = match crate::daemon::Daemon::build(config).await {
+                Ok(Some(daemon)) => daemon.run_until_stopped().await,
+                Ok(None) => Ok(()), // stopped while waiting for the database
+                Err(e) => Err(e),
             };
-            let (ctx, accounts) = match crate::startup::prepare_with(&config, store).await {
-                Ok(prepared) => prepared,
-                Err(e) => return fatal(e),
-            };
-            tracing::info!(accounts = accounts.len(), database = %config.database_url, "session-sync starting");
-            match crate::daemon::run(&config, ctx, accounts, shutdown).await {
+            match ran {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fatal(e),
             }
