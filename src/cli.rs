@@ -11,8 +11,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use futures_util::StreamExt;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ProcessEnv};
 use crate::telemetry::LogFormat;
@@ -300,27 +298,15 @@ async fn sync_once(args: SyncArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let wanted: Vec<(i64, Option<i64>)> = config
-        .select_accounts(args.customer, args.sub_account)
-        .iter()
-        .map(|a| (a.customer_id, a.sub_account_id))
-        .collect();
+    let wanted = config.select_accounts(args.customer, args.sub_account);
     if wanted.is_empty() {
         eprintln!("error: no configured account matches the --customer / --sub-account given");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let (ctx, mut accounts) = match crate::startup::prepare(&config).await {
-        Ok(prepared) => prepared,
+    let results = match crate::sync::sync_once(&config, &wanted).await {
+        Ok(results) => results,
         Err(e) => return fatal(e),
     };
-    accounts.retain(|a| wanted.contains(&(a.config.customer_id, a.config.sub_account_id)));
-    let never = CancellationToken::new();
-    let results: Vec<_> = futures_util::stream::iter(&accounts)
-        .map(|account| crate::sync::sync_account(&ctx, account, &never))
-        .buffered(config.schedule.max_concurrent)
-        .collect()
-        .await;
-    ctx.store.close().await;
     let mut failed = false;
     // A closed stdout (`sync | head -1`) is no reason to panic.
     let mut out = std::io::stdout().lock();

@@ -16,9 +16,10 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AccountConfig, SyncConfig};
+use crate::config::{AccountConfig, Config, SyncConfig};
 use crate::metrics::{MassClosureOutcome, Metrics, RunResult};
 use crate::snapshot::{Row, SnapshotReader};
 use crate::store::{
@@ -185,6 +186,27 @@ fn abandon(step: Step, cause: impl ToString) -> Failure {
         status: RunStatus::Abandoned,
         ..fail(step, cause)
     }
+}
+
+/// The one-shot `sync` command: connects, registers the configured accounts, syncs those
+/// in `wanted` once each, now, at most `max_concurrent` at a time, and closes the store. The
+/// results come in the configuration's order.
+pub async fn sync_once(
+    config: &Config,
+    wanted: &[&AccountConfig],
+) -> anyhow::Result<Vec<Result<RunReport, SyncError>>> {
+    let (ctx, mut accounts) = crate::startup::prepare(config).await?;
+    let key = |a: &AccountConfig| (a.customer_id, a.sub_account_id);
+    let wanted: Vec<_> = wanted.iter().map(|a| key(a)).collect();
+    accounts.retain(|a| wanted.contains(&key(&a.config)));
+    let never = CancellationToken::new();
+    let results = futures_util::stream::iter(&accounts)
+        .map(|account| sync_account(&ctx, account, &never))
+        .buffered(config.schedule.max_concurrent)
+        .collect()
+        .await;
+    ctx.store.close().await;
+    Ok(results)
 }
 
 /// Syncs one account once, now (the one-shot `sync` command, the demo, the tests).
