@@ -5,8 +5,8 @@
 //!    synced it for this tick; the claim is renewed while the run goes on, and a run that
 //!    loses it stops, `abandoned`;
 //! 1. record a `running` run;
-//! 2. ask the API for the link (retries inside [`VendorClient`]);
-//! 3. download it; an expired link is asked for again, up to [`MAX_LINK_REFRESHES`] times;
+//! 2. ask the API for the link and 3. download it: [`VendorClient::open_snapshot`], which
+//!    retries what is worth it and replaces an expired link;
 //! 4. stream the CSV into the store's staging area;
 //! 5. judge it: more than `max_rejected_ratio` rejected records and the snapshot is not trusted;
 //! 6. apply it atomically, checking the claim still holds, and mark the run `succeeded` - or
@@ -27,10 +27,7 @@ use crate::store::{
     ReadCounts, RunId, RunStatus, Staging, Store,
 };
 use crate::timestamp::Timestamp;
-use crate::vendor::{VendorClient, VendorError};
-
-/// How many times an expired download link is replaced by a fresh one before the run fails.
-pub const MAX_LINK_REFRESHES: u32 = 2;
+use crate::vendor::{OpenError, VendorClient};
 
 /// What every sync shares.
 #[derive(Debug, Clone)]
@@ -521,7 +518,14 @@ async fn fetch_snapshot(
     ctx: &SyncContext,
     account: &Account,
 ) -> Result<(Staging, ReadCounts), Failure> {
-    let download = open_snapshot(&ctx.vendor, &account.config).await?;
+    let download = ctx
+        .vendor
+        .open_snapshot(&account.config)
+        .await
+        .map_err(|e| match e {
+            OpenError::Link(e) => fail(Step::RequestLink, e),
+            OpenError::Download(e) => fail(Step::Download, e),
+        })?;
 
     let mut staging = ctx
         .store
@@ -555,32 +559,6 @@ async fn fetch_snapshot(
         });
     }
     Ok((staging, counts))
-}
-
-/// Asks for a link and opens it, asking again when the link turns out to have expired.
-async fn open_snapshot(
-    vendor: &VendorClient,
-    account: &AccountConfig,
-) -> Result<crate::vendor::Download, Failure> {
-    let mut refreshes = 0;
-    loop {
-        let link = vendor
-            .request_file_url(account)
-            .await
-            .map_err(|e| fail(Step::RequestLink, e))?;
-        match vendor.open_download(&link).await {
-            Ok(download) => return Ok(download),
-            Err(VendorError::LinkExpired(status)) if refreshes < MAX_LINK_REFRESHES => {
-                refreshes += 1;
-                tracing::warn!(
-                    http_status = status,
-                    refresh = refreshes,
-                    "download link expired; asking for a fresh one"
-                );
-            }
-            Err(e) => return Err(fail(Step::Download, e)),
-        }
-    }
 }
 
 async fn stream_into(

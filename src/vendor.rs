@@ -7,6 +7,10 @@
 //! carries no credentials at all. The link's query string may hold a signature, so it is
 //! never logged nor put in an error: see [`redact_url`].
 //!
+//! The whole policy for a vendor that misbehaves is here: each request is retried by
+//! `RetryPolicy` (connection errors, timeouts, 5xx and 429, honouring `Retry-After`), and
+//! [`VendorClient::open_snapshot`] asks for a fresh link when the one it got has expired.
+//!
 //! Header names: hyper writes HTTP/1 header names in lower case (`authenticationtoken`).
 //! HTTP header names are case-insensitive (RFC 9110 §5.1), so the vendor reads them all the
 //! same; the spelling in `vendor-api.md` is kept in the constants below for reference.
@@ -36,6 +40,8 @@ const USER_AGENT: &str = concat!("session-sync/", env!("CARGO_PKG_VERSION"));
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// How much of an error body is read for the excerpt shown in errors.
 const MAX_ERROR_BODY_BYTES: usize = 4 * 1024;
+/// How many times an expired download link is replaced by a fresh one before giving up.
+pub const MAX_LINK_REFRESHES: u32 = 2;
 
 /// What went wrong talking to the vendor. Display never shows a download link's query string
 /// nor a credential: text that came from outside is cleaned by [`crate::redact`] when the
@@ -118,6 +124,17 @@ impl VendorError {
             source: e,
         }
     }
+}
+
+/// Which of the two requests of [`VendorClient::open_snapshot`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Asking the API for the link.
+    #[error(transparent)]
+    Link(VendorError),
+    /// Downloading the file behind it (a link still expired after the refreshes included).
+    #[error(transparent)]
+    Download(VendorError),
 }
 
 /// The link without its query string and fragment, for logs and messages.
@@ -246,6 +263,30 @@ impl VendorClient {
             }
         }
         url
+    }
+
+    /// Asks for the link to the account's current snapshot and opens it, asking for a fresh
+    /// link when the one it got has expired, up to [`MAX_LINK_REFRESHES`] times.
+    pub async fn open_snapshot(&self, account: &AccountConfig) -> Result<Download, OpenError> {
+        let mut refreshes = 0;
+        loop {
+            let link = self
+                .request_file_url(account)
+                .await
+                .map_err(OpenError::Link)?;
+            match self.open_download(&link).await {
+                Ok(download) => return Ok(download),
+                Err(VendorError::LinkExpired(status)) if refreshes < MAX_LINK_REFRESHES => {
+                    refreshes += 1;
+                    tracing::warn!(
+                        http_status = status,
+                        refresh = refreshes,
+                        "download link expired; asking for a fresh one"
+                    );
+                }
+                Err(e) => return Err(OpenError::Download(e)),
+            }
+        }
     }
 
     /// Asks the API for the link to the account's current snapshot, retrying what is worth it.
