@@ -242,20 +242,6 @@ pub struct AccountConfig {
     pub cron: String,
 }
 
-impl AccountConfig {
-    /// A label that names the account in every message: `customer 42 / sub-account 7 (acme)`.
-    pub fn label(&self) -> String {
-        let mut s = format!("customer {}", self.customer_id);
-        if let Some(sub) = self.sub_account_id {
-            s.push_str(&format!(" / sub-account {sub}"));
-        }
-        if let Some(name) = &self.name {
-            s.push_str(&format!(" ({name})"));
-        }
-        s
-    }
-}
-
 /// The vendor's `userName` / `authenticationToken` pair. The token is a [`SecretString`]:
 /// its `Debug` prints `[REDACTED]`, and it is only exposed when the API request is built.
 #[derive(Clone)]
@@ -550,7 +536,11 @@ impl Config {
         }
         .ok();
         for a in &self.accounts {
-            let _ = writeln!(out, "[[accounts]] # {}", a.label());
+            let _ = writeln!(
+                out,
+                "[[accounts]] # {}",
+                crate::account::AccountLabel::of(a)
+            );
             let _ = writeln!(out, "username = {:?}", a.credentials.username);
             let _ = writeln!(out, "token = \"[REDACTED]\"");
             let _ = writeln!(out, "cron = {:?}", a.cron);

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::account::AccountLabel;
 use crate::config::{AccountConfig, Config, SyncConfig};
 use crate::metrics::{MassClosureOutcome, Metrics, RunResult};
 use crate::snapshot::{Row, SnapshotReader};
@@ -43,8 +44,8 @@ pub struct SyncContext {
 pub struct Account {
     pub id: AccountId,
     pub config: AccountConfig,
-    /// `customer 42 / sub-account 7 (name)`, computed once.
-    pub label: String,
+    /// `customer 42 / sub-account 7 (name)`, made once.
+    pub label: AccountLabel,
 }
 
 impl SyncContext {
@@ -58,7 +59,7 @@ impl SyncContext {
             out.push(Account {
                 id: self.store.ensure_account(a).await?,
                 config: a.clone(),
-                label: a.label(),
+                label: AccountLabel::of(a),
             });
         }
         Ok(out)
@@ -101,7 +102,7 @@ impl std::fmt::Display for Step {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{account}: {step}: {cause}")]
 pub struct SyncError {
-    pub account: String,
+    pub account: AccountLabel,
     pub step: Step,
     pub cause: String,
     pub run: Option<RunId>,
@@ -125,7 +126,7 @@ pub enum Ending {
 /// A successful sync.
 #[derive(Debug, Clone)]
 pub struct RunReport {
-    pub account: String,
+    pub account: AccountLabel,
     pub run: RunId,
     pub read: ReadCounts,
     pub applied: ApplyCounts,

@@ -28,6 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, ReadBuf};
 use tokio_util::io::StreamReader;
 use url::Url;
 
+use crate::account::AccountLabel;
 use crate::config::{AccountConfig, ApiConfig};
 use crate::metrics::{HttpRequest, Metrics};
 use crate::redact::Redactor;
@@ -49,7 +50,7 @@ pub const MAX_LINK_REFRESHES: u32 = 2;
 #[derive(Debug, thiserror::Error)]
 pub enum VendorError {
     #[error("authentication rejected for {account} (HTTP {status})")]
-    AuthRejected { account: String, status: u16 },
+    AuthRejected { account: AccountLabel, status: u16 },
     #[error("HTTP {status}{detail}")]
     Status {
         status: u16,
@@ -325,7 +326,8 @@ impl VendorClient {
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(VendorError::AuthRejected {
-                account: format!("customer {}", account.customer_id),
+                // Without the name, which the caller's messages carry already.
+                account: AccountLabel::new(account.customer_id, account.sub_account_id, None),
                 status: status.as_u16(),
             });
         }
