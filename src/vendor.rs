@@ -291,7 +291,7 @@ impl VendorClient {
     }
 
     /// Asks the API for the link to the account's current snapshot, retrying what is worth it.
-    #[tracing::instrument(skip_all, fields(customer_id = account.customer_id, sub_account_id = account.sub_account_id))]
+    #[tracing::instrument(skip_all, fields(account = %AccountLabel::of(account)))]
     pub async fn request_file_url(&self, account: &AccountConfig) -> Result<Url, VendorError> {
         let redactor = Redactor::for_account(account);
         self.retry
