@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ProcessEnv};
+use crate::sync::Ending;
 use crate::telemetry::LogFormat;
 
 /// Keeps the history of WhatsApp customer-service sessions in SQLite or PostgreSQL.
@@ -313,15 +314,20 @@ async fn sync_once(args: SyncArgs) -> ExitCode {
     for result in results {
         let _ = match result {
             Ok(report) => writeln!(out, "{report}"),
-            Err(e) if e.is_skip() => writeln!(out, "{}: skipped: {}", e.account, e.cause),
             Err(e) => {
-                // An abandoned run did not sync either: for a one-shot sync that is a failure.
-                failed = true;
-                let ending = match e.ending {
-                    crate::sync::Ending::Abandoned => "ABANDONED",
-                    _ => "FAILED",
+                let failure = match e.ending {
+                    Ending::Skipped => None,
+                    Ending::Failed => Some("FAILED"),
+                    // An abandoned run did not sync either: for a one-shot sync, a failure.
+                    Ending::Abandoned => Some("ABANDONED"),
                 };
-                writeln!(out, "{}: {ending}: {}: {}", e.account, e.step, e.cause)
+                match failure {
+                    None => writeln!(out, "{}: skipped: {}", e.account, e.cause),
+                    Some(ending) => {
+                        failed = true;
+                        writeln!(out, "{}: {ending}: {}: {}", e.account, e.step, e.cause)
+                    }
+                }
             }
         };
     }
