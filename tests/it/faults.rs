@@ -104,7 +104,7 @@ async fn a_full_disk_fails_the_run_and_says_so() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("skipping the disk-full test: cannot mount a small tmpfs here (needs root)");
+        crate::helpers::skip("the disk-full test cannot mount a small tmpfs here (it needs root)");
         return;
     }
     let result = std::panic::AssertUnwindSafe(async {

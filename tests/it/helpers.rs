@@ -54,8 +54,13 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// Whether PostgreSQL tests can run. Under `CI=true` a missing server (or a missing PgBouncer
-/// in front of it) is a failure, not a skip.
+/// Set to `1` by whoever runs the tests to skip the PostgreSQL tests when no server is named
+/// by [`PG_ENV`]; without it they fail instead, so that no run passes them by accident.
+pub const SKIP_PG_ENV: &str = "SESSION_SYNC_TEST_SKIP_POSTGRES";
+
+/// Whether PostgreSQL tests can run. Without a server a PostgreSQL test fails, unless
+/// [`SKIP_PG_ENV`]`=1` asked to skip it: then it is counted as skipped (see [`skip`]). Under
+/// `CI=true` a missing server (or a missing PgBouncer in front of it) is always a failure.
 pub fn postgres_available() -> bool {
     if env(PG_ENV).is_some() {
         if in_ci() && env(PGBOUNCER_ENV).is_none() {
@@ -66,8 +71,69 @@ pub fn postgres_available() -> bool {
     if in_ci() {
         panic!("CI=true but {PG_ENV} is not set: the PostgreSQL tests must run in CI (use scripts/test)");
     }
-    eprintln!("skipping a PostgreSQL test: {PG_ENV} is not set (scripts/test starts a server)");
+    if env(SKIP_PG_ENV).as_deref() != Some("1") {
+        panic!(
+            "no PostgreSQL server for this test: {PG_ENV} is not set. Run the tests with \
+             scripts/test (it starts a throwaway server), name a server of your own in {PG_ENV}, \
+             or set {SKIP_PG_ENV}=1 to skip the PostgreSQL tests (each run then says how many \
+             did not run)"
+        );
+    }
+    skip(&format!("no PostgreSQL server, and {SKIP_PG_ENV}=1 asked to skip"));
     false
+}
+
+/// The tests of this binary that did not run, as (why, test name).
+static SKIPPED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records that the running test does not run, and why (saying what would make it run); the
+/// caller then returns. libtest has no outcome for a test that decides at run time not to
+/// run, so it reports such a test as passed: [`report_skipped`] says at the end of the run
+/// how many did not run.
+pub fn skip(why: &str) {
+    // libtest names each test's thread after the test.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test").to_owned();
+    eprintln!("skipping {test}: {why}");
+    SKIPPED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((why.to_owned(), test));
+}
+
+/// Runs [`report_skipped`] when the test binary exits, however it exits (libtest returns from
+/// `main` when every test passed and calls `exit(101)` otherwise; both run `.fini_array`).
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".fini_array"]
+static REPORT_SKIPPED_AT_EXIT: extern "C" fn() = report_skipped;
+
+/// Prints, after libtest's own summary, one line per reason a test did not run:
+/// `skipped N tests: why: names`. scripts/test sums these lines into its last one.
+extern "C" fn report_skipped() {
+    let skipped = std::mem::take(
+        &mut *SKIPPED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let mut by_reason: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (why, test) in skipped {
+        by_reason.entry(why).or_default().push(test);
+    }
+    let mut out = String::new();
+    for (why, mut tests) in by_reason {
+        tests.sort();
+        let n = tests.len();
+        let names = if n <= 5 {
+            tests.join(", ")
+        } else {
+            format!("{}, and {} more", tests[..3].join(", "), n - 3)
+        };
+        let plural = if n == 1 { "" } else { "s" };
+        out.push_str(&format!("skipped {n} test{plural}: {why}: {names}\n"));
+    }
+    // An error writing to stderr at exit has nowhere to go.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), out.as_bytes());
 }
 
 /// A fresh, empty database.
