@@ -136,7 +136,8 @@ extern "C" fn report_skipped() {
     let _ = std::io::Write::write_all(&mut std::io::stderr(), out.as_bytes());
 }
 
-/// A fresh, empty database.
+/// A fresh, empty database. One made on PostgreSQL is dropped when this is, also when its
+/// test fails, so that runs against a server of one's own do not pile databases up.
 pub struct TestDb {
     pub backend: Backend,
     /// What session-sync is given: on PostgreSQL, through PgBouncer when there is one.
@@ -144,6 +145,8 @@ pub struct TestDb {
     /// The server itself, for the tests' own reads and for what a pooler cannot do.
     pub direct_url: String,
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database this made, and the server URL to drop it through.
+    made: Option<(String, String)>,
 }
 
 impl TestDb {
@@ -157,6 +160,7 @@ impl TestDb {
                     direct_url: url.clone(),
                     url,
                     _dir: Some(dir),
+                    made: None,
                 }
             }
             Backend::Postgres => {
@@ -179,6 +183,7 @@ impl TestDb {
                     url: on(&env(PGBOUNCER_ENV).unwrap_or_else(|| admin.clone())),
                     direct_url: on(&admin),
                     _dir: None,
+                    made: Some((name, admin)),
                 }
             }
         }
@@ -196,6 +201,7 @@ impl TestDb {
             url: url.to_owned(),
             direct_url: url.to_owned(),
             _dir: None,
+            made: None,
         }
     }
 
@@ -337,6 +343,36 @@ impl TestDb {
             )
         })
         .collect()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((name, admin)) = self.made.take() else {
+            return;
+        };
+        // A drop runs inside the test's runtime, which cannot block on a future, and may run
+        // while a failed test unwinds: the statement gets a thread and a runtime of its own.
+        // FORCE ends what is still connected (a pool, PgBouncer's server connections).
+        let dropped = std::thread::spawn(move || -> Result<(), sqlx::Error> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                sqlx::Connection::close(conn).await
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            // Not a panic: it could hide the test's own failure, or abort an unwinding one.
+            Ok(Err(e)) => eprintln!("could not drop a test database: {e}"),
+            Err(_) => eprintln!("could not drop a test database: its thread panicked"),
+        }
     }
 }
 
