@@ -79,7 +79,9 @@ pub fn postgres_available() -> bool {
              did not run)"
         );
     }
-    skip(&format!("no PostgreSQL server, and {SKIP_PG_ENV}=1 asked to skip"));
+    skip(&format!(
+        "no PostgreSQL server, and {SKIP_PG_ENV}=1 asked to skip"
+    ));
     false
 }
 
