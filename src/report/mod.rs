@@ -7,7 +7,7 @@
 //! `run` serves the same page, live, at `/` beside `/metrics` ([`live`]), with the same
 //! filters as query parameters.
 //!
-//! - **Aggregates only.** Every figure is counted in SQL ([`crate::store::ReportReader`]); no
+//! - **Aggregates only.** Every figure is counted in SQL ([`crate::store::ReportReads`]); no
 //!   phone number is read, and text that comes from the database (a run's error, a
 //!   rejection's reason, an account's name) has every run of 8 or more digits hidden
 //!   ([`hide_numbers`]): a broken file's error may quote a record.

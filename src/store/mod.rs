@@ -19,6 +19,8 @@ mod postgres;
 mod reads;
 mod sqlite;
 
+use futures_util::future::BoxFuture;
+
 use crate::config::{AccountConfig, Backend, DatabaseUrl};
 use crate::snapshot::{Rejection, SessionKey};
 use crate::timestamp::Timestamp;
@@ -520,8 +522,8 @@ impl Store {
     /// page reads the same instant of the history.
     pub async fn read_report(&self) -> Result<ReportReader, StoreError> {
         Ok(match self {
-            Store::Sqlite(s) => ReportReader::Sqlite(reads::Report::open(s).await?),
-            Store::Postgres(s) => ReportReader::Postgres(reads::Report::open(s).await?),
+            Store::Sqlite(s) => Box::new(reads::Report::open(s).await?),
+            Store::Postgres(s) => Box::new(reads::Report::open(s).await?),
         })
     }
 
@@ -686,140 +688,108 @@ pub struct FinishedRun {
 /// of the period over which the time zone's offset from UTC does not change (the report
 /// computes them with chrono-tz, so both backends group alike, whatever zone rules the
 /// server has; SQLite has none).
-pub enum ReportReader {
-    Sqlite(reads::Report<sqlx::Sqlite>),
-    Postgres(reads::Report<sqlx::Postgres>),
-}
-
-macro_rules! dispatch_report {
-    ($self:expr, $r:ident => $body:expr) => {
-        match $self {
-            ReportReader::Sqlite($r) => $body,
-            ReportReader::Postgres($r) => $body,
-        }
-    };
-}
-
-impl ReportReader {
+pub trait ReportReads: Send {
     /// The accounts in scope, in the order of `status`.
-    pub async fn accounts(&mut self, scope: ReportScope) -> Result<Vec<ReportAccount>, StoreError> {
-        dispatch_report!(self, r => r.accounts(scope).await)
-    }
+    fn accounts<'a>(
+        &'a mut self,
+        scope: ReportScope,
+    ) -> BoxFuture<'a, Result<Vec<ReportAccount>, StoreError>>;
 
     /// Each account's health now (as `status` reads it).
-    pub async fn statuses(&mut self) -> Result<Vec<AccountStatus>, StoreError> {
-        dispatch_report!(self, r => r.statuses().await)
-    }
+    fn statuses<'a>(&'a mut self) -> BoxFuture<'a, Result<Vec<AccountStatus>, StoreError>>;
 
     /// Sessions created in the piece, per account and local hour, counted in hours since
     /// 1970-01-01 local time: a local day is that divided by 24, the hour of the day the
     /// remainder, so one pass over the sessions serves both charts. Each count is handed to
     /// `each` as it comes: memory does not grow with the period.
-    pub async fn opened(
-        &mut self,
+    fn opened<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
-        each: &mut (dyn FnMut(Counted) + Send),
-    ) -> Result<(), StoreError> {
-        dispatch_report!(self, r => r.opened(scope, piece, each).await)
-    }
+        each: &'a mut (dyn FnMut(Counted) + Send),
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Conversations (see the `conversations` view) that started in the piece, per account
-    /// and local hour, as [`ReportReader::opened`] counts sessions. A session starts one when
+    /// and local hour, as [`ReportReads::opened`] counts sessions. A session starts one when
     /// no earlier session of its number was still open at its creation; sessions created from
     /// `lookback_from` on are read to find each one's predecessor: the piece's start less one
     /// session window is enough, since an older one had expired by then.
-    pub async fn conversations_started(
-        &mut self,
+    fn conversations_started<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
         lookback_from: Timestamp,
-        each: &mut (dyn FnMut(Counted) + Send),
-    ) -> Result<(), StoreError> {
-        dispatch_report!(self, r => r.conversations_started(scope, piece, lookback_from, each).await)
-    }
+        each: &'a mut (dyn FnMut(Counted) + Send),
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Sessions created in the piece that have ended, per account, whole hours from
     /// `session_created_at` to `closed_at` (0 to 24; 24 is the whole window or more) and
     /// whether they closed as renewed.
-    pub async fn lifetimes(
-        &mut self,
+    fn lifetimes<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
-    ) -> Result<Vec<Lifetime>, StoreError> {
-        dispatch_report!(self, r => r.lifetimes(scope, piece).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<Lifetime>, StoreError>>;
 
     /// Finished runs started in the piece, per account and local day, by result.
-    pub async fn runs_per_day(
-        &mut self,
+    fn runs_per_day<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
-    ) -> Result<Vec<RunsOfDay>, StoreError> {
-        dispatch_report!(self, r => r.runs_per_day(scope, piece).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<RunsOfDay>, StoreError>>;
 
     /// The most successful runs with an open count that any one account has in the period.
-    pub async fn most_polls(
-        &mut self,
+    fn most_polls<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<i64, StoreError> {
-        dispatch_report!(self, r => r.most_polls(scope, from, to).await)
-    }
+    ) -> BoxFuture<'a, Result<i64, StoreError>>;
 
     /// Open sessions after successful runs started in the period, per account in time
     /// order: every run when `step` is `None`; else the last run of each step of `step`
     /// seconds counted from `from` (whole seconds).
-    pub async fn open_points(
-        &mut self,
+    fn open_points<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
         step: Option<i64>,
-    ) -> Result<Vec<OpenPoint>, StoreError> {
-        dispatch_report!(self, r => r.open_points(scope, from, to, step).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<OpenPoint>, StoreError>>;
 
     /// Each account's open sessions after its last successful run before `before`, when
     /// that run recorded them.
-    pub async fn open_before(
-        &mut self,
+    fn open_before<'a>(
+        &'a mut self,
         scope: ReportScope,
         before: Timestamp,
-    ) -> Result<Vec<OpenPoint>, StoreError> {
-        dispatch_report!(self, r => r.open_before(scope, before).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<OpenPoint>, StoreError>>;
 
     /// The latest `limit` failed or abandoned runs started in the period, newest first
-    /// (how many there were in all is in [`ReportReader::runs_per_day`]).
-    pub async fn failures(
-        &mut self,
+    /// (how many there were in all is in [`ReportReads::runs_per_day`]).
+    fn failures<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
         limit: i64,
-    ) -> Result<Vec<FailedRunRow>, StoreError> {
-        dispatch_report!(self, r => r.failures(scope, from, to, limit).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<FailedRunRow>, StoreError>>;
 
     /// Rejected records of runs started in the period, per account and reason (never the
     /// records themselves: they hold phone numbers).
-    pub async fn rejected_by_reason(
-        &mut self,
+    fn rejected_by_reason<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<Vec<RejectedReason>, StoreError> {
-        dispatch_report!(self, r => r.rejected_by_reason(scope, from, to).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<RejectedReason>, StoreError>>;
 
     /// Ends the read.
-    pub async fn finish(self) -> Result<(), StoreError> {
-        dispatch_report!(self, r => r.finish().await)
-    }
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>>;
 }
+
+/// A [`ReportReads`] on either backend: see [`Store::read_report`].
+pub type ReportReader = Box<dyn ReportReads>;
 
 /// Which accounts a report reads: all, a customer's (every sub-account), or one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

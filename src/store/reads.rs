@@ -2,13 +2,14 @@
 //! `status`, `export` and the report's figures ([`Report`]). The statements whose SQL
 //! differs between dialects come from [`Dialect`]; everything here binds, runs and maps.
 
+use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, StreamExt};
 
 use super::dialect::{scope_sql, Arg, Backend, Dialect};
 use super::{
     AccountId, AccountStatus, AccountSummary, Counted, Doing, FailedRunRow, FinishedRun,
     HistoryFilter, HistoryRow, Lifetime, OpenPoint, RecentFigures, RejectedReason, ReportAccount,
-    ReportScope, RunsOfDay, StatusBounds, StoreError, TzPiece,
+    ReportReads, ReportScope, RunsOfDay, StatusBounds, StoreError, TzPiece,
 };
 use crate::timestamp::Timestamp;
 
@@ -221,7 +222,7 @@ fn history_row<D: Dialect>(r: &D::Row) -> Result<HistoryRow, sqlx::Error> {
 
 const REPORT_ACTION: &str = "reading the report's figures";
 
-/// The report's reads, in one read-only transaction: see `super::ReportReader`. Every
+/// The report's reads, in one read-only transaction: see `super::ReportReads`. Every
 /// statement's first two parameters are the scope's customer and sub-account
 /// ([`scope_sql`]); the next two, where there are, the period's bounds.
 pub struct Report<D: Dialect> {
@@ -254,273 +255,300 @@ impl<D: Dialect> Report<D> {
         }
         Ok(())
     }
+}
 
-    pub async fn accounts(&mut self, scope: ReportScope) -> Result<Vec<ReportAccount>, StoreError> {
-        let rows = self
-            .rows(
-                "SELECT id, customer_id, sub_account_id, name FROM accounts \
-                 WHERE ($1 IS NULL OR customer_id = $1) AND ($2 IS NULL OR sub_account_id = $2) \
-                 ORDER BY customer_id, sub_account_id IS NOT NULL, sub_account_id",
-                &scope_args(scope),
-            )
-            .await?;
-        map(&rows, |r| {
-            Ok(ReportAccount {
-                id: AccountId(D::int(r, 0)?),
-                customer_id: D::int(r, 1)?,
-                sub_account_id: D::opt_int(r, 2)?,
-                name: D::opt_text(r, 3)?,
+impl<D: Dialect> ReportReads for Report<D> {
+    fn accounts<'a>(
+        &'a mut self,
+        scope: ReportScope,
+    ) -> BoxFuture<'a, Result<Vec<ReportAccount>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .rows(
+                    "SELECT id, customer_id, sub_account_id, name FROM accounts \
+                     WHERE ($1 IS NULL OR customer_id = $1) AND ($2 IS NULL OR sub_account_id = $2) \
+                     ORDER BY customer_id, sub_account_id IS NOT NULL, sub_account_id",
+                    &scope_args(scope),
+                )
+                .await?;
+            map(&rows, |r| {
+                Ok(ReportAccount {
+                    id: AccountId(D::int(r, 0)?),
+                    customer_id: D::int(r, 1)?,
+                    sub_account_id: D::opt_int(r, 2)?,
+                    name: D::opt_text(r, 3)?,
+                })
             })
         })
     }
 
-    pub async fn statuses(&mut self) -> Result<Vec<AccountStatus>, StoreError> {
-        // No `now`: the recent figures are `status`'s, not the report's.
-        statuses::<D>(&mut self.tx, None).await.doing(REPORT_ACTION)
+    fn statuses<'a>(&'a mut self) -> BoxFuture<'a, Result<Vec<AccountStatus>, StoreError>> {
+        Box::pin(async move {
+            // No `now`: the recent figures are `status`'s, not the report's.
+            statuses::<D>(&mut self.tx, None).await.doing(REPORT_ACTION)
+        })
     }
 
-    /// One pass for the days and the hours (see `ReportReader::opened`). One statement with
+    /// One pass for the days and the hours (see `ReportReads::opened`). One statement with
     /// GROUPING SETS for these and the lifetimes was measured slower on PostgreSQL: the
     /// planner, unable to guess how few groups there are, sorted the period's sessions,
     /// spilling to disk.
-    pub async fn opened(
-        &mut self,
+    fn opened<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
-        each: &mut (dyn FnMut(Counted) + Send),
-    ) -> Result<(), StoreError> {
-        let sql = format!(
-            "SELECT account_id, {} AS hour, count(*) FROM sessions \
-             WHERE session_created_at >= $3 AND session_created_at < $4 AND {} \
-             GROUP BY account_id, hour",
-            D::local_hour("session_created_at"),
-            scope_sql(scope, "account_id"),
-        );
-        self.each_count(&sql, &piece_args(scope, piece), each).await
+        each: &'a mut (dyn FnMut(Counted) + Send),
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT account_id, {} AS hour, count(*) FROM sessions \
+                 WHERE session_created_at >= $3 AND session_created_at < $4 AND {} \
+                 GROUP BY account_id, hour",
+                D::local_hour("session_created_at"),
+                scope_sql(scope, "account_id"),
+            );
+            self.each_count(&sql, &piece_args(scope, piece), each).await
+        })
     }
 
-    pub async fn conversations_started(
-        &mut self,
+    fn conversations_started<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
         lookback_from: Timestamp,
-        each: &mut (dyn FnMut(Counted) + Send),
-    ) -> Result<(), StoreError> {
-        let sql = format!(
-            "SELECT account_id, {} AS hour, count(*) \
-             FROM ( \
-                 SELECT account_id, session_created_at, \
-                     lag(expires_at) OVER (PARTITION BY account_id, source \
-                                           ORDER BY session_created_at) AS previous_expires \
-                 FROM sessions \
-                 WHERE session_created_at >= $6 AND session_created_at < $4 AND {} \
-             ) s \
-             WHERE session_created_at >= $3 \
-               AND (previous_expires IS NULL OR session_created_at >= previous_expires) \
-             GROUP BY account_id, hour",
-            D::local_hour("session_created_at"),
-            scope_sql(scope, "account_id"),
-        );
-        let [customer, sub_account, from, to, offset] = piece_args(scope, piece);
-        let args = [
-            customer,
-            sub_account,
-            from,
-            to,
-            offset,
-            Arg::Time(lookback_from),
-        ];
-        self.each_count(&sql, &args, each).await
+        each: &'a mut (dyn FnMut(Counted) + Send),
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT account_id, {} AS hour, count(*) \
+                 FROM ( \
+                     SELECT account_id, session_created_at, \
+                         lag(expires_at) OVER (PARTITION BY account_id, source \
+                                               ORDER BY session_created_at) AS previous_expires \
+                     FROM sessions \
+                     WHERE session_created_at >= $6 AND session_created_at < $4 AND {} \
+                 ) s \
+                 WHERE session_created_at >= $3 \
+                   AND (previous_expires IS NULL OR session_created_at >= previous_expires) \
+                 GROUP BY account_id, hour",
+                D::local_hour("session_created_at"),
+                scope_sql(scope, "account_id"),
+            );
+            let [customer, sub_account, from, to, offset] = piece_args(scope, piece);
+            let args = [
+                customer,
+                sub_account,
+                from,
+                to,
+                offset,
+                Arg::Time(lookback_from),
+            ];
+            self.each_count(&sql, &args, each).await
+        })
     }
 
     /// The analysts' recipe "How long do sessions stay listed", kept within 0 to 24 (a
     /// vendor's clock ahead of ours can put closed_at a little before the creation).
-    pub async fn lifetimes(
-        &mut self,
+    fn lifetimes<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
-    ) -> Result<Vec<Lifetime>, StoreError> {
-        let sql = format!(
-            "SELECT account_id, {} AS hours, \
-                 coalesce(closed_reason = 'renewed', {}) AS renewed, count(*) \
-             FROM sessions \
-             WHERE session_created_at >= $3 AND session_created_at < $4 \
-               AND closed_at IS NOT NULL AND {} \
-             GROUP BY account_id, hours, renewed",
-            D::lifetime_hours(),
-            D::FALSE,
-            scope_sql(scope, "account_id"),
-        );
-        let rows = self
-            .rows(&sql, &period_args(scope, piece.from, piece.to))
-            .await?;
-        map(&rows, |r| {
-            Ok(Lifetime {
-                account: AccountId(D::int(r, 0)?),
-                hours: D::int(r, 1)?,
-                renewed: D::flag(r, 2)?,
-                count: D::int(r, 3)?,
+    ) -> BoxFuture<'a, Result<Vec<Lifetime>, StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT account_id, {} AS hours, \
+                     coalesce(closed_reason = 'renewed', {}) AS renewed, count(*) \
+                 FROM sessions \
+                 WHERE session_created_at >= $3 AND session_created_at < $4 \
+                   AND closed_at IS NOT NULL AND {} \
+                 GROUP BY account_id, hours, renewed",
+                D::lifetime_hours(),
+                D::FALSE,
+                scope_sql(scope, "account_id"),
+            );
+            let rows = self
+                .rows(&sql, &period_args(scope, piece.from, piece.to))
+                .await?;
+            map(&rows, |r| {
+                Ok(Lifetime {
+                    account: AccountId(D::int(r, 0)?),
+                    hours: D::int(r, 1)?,
+                    renewed: D::flag(r, 2)?,
+                    count: D::int(r, 3)?,
+                })
             })
         })
     }
 
-    pub async fn runs_per_day(
-        &mut self,
+    fn runs_per_day<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
-    ) -> Result<Vec<RunsOfDay>, StoreError> {
-        let sql = format!(
-            "SELECT account_id, {} AS day, \
-                 sum(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END), \
-                 sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), \
-                 sum(CASE WHEN status = 'abandoned' THEN 1 ELSE 0 END), \
-                 CAST(sum(rows_rejected) AS bigint) \
-             FROM sync_runs \
-             WHERE started_at >= $3 AND started_at < $4 AND status <> 'running' AND {} \
-             GROUP BY account_id, day",
-            D::local_day("started_at"),
-            scope_sql(scope, "account_id"),
-        );
-        let rows = self.rows(&sql, &piece_args(scope, piece)).await?;
-        map(&rows, |r| {
-            Ok(RunsOfDay {
-                account: AccountId(D::int(r, 0)?),
-                day: D::int(r, 1)?,
-                succeeded: D::int(r, 2)?,
-                failed: D::int(r, 3)?,
-                abandoned: D::int(r, 4)?,
-                rows_rejected: D::int(r, 5)?,
+    ) -> BoxFuture<'a, Result<Vec<RunsOfDay>, StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT account_id, {} AS day, \
+                     sum(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END), \
+                     sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), \
+                     sum(CASE WHEN status = 'abandoned' THEN 1 ELSE 0 END), \
+                     CAST(sum(rows_rejected) AS bigint) \
+                 FROM sync_runs \
+                 WHERE started_at >= $3 AND started_at < $4 AND status <> 'running' AND {} \
+                 GROUP BY account_id, day",
+                D::local_day("started_at"),
+                scope_sql(scope, "account_id"),
+            );
+            let rows = self.rows(&sql, &piece_args(scope, piece)).await?;
+            map(&rows, |r| {
+                Ok(RunsOfDay {
+                    account: AccountId(D::int(r, 0)?),
+                    day: D::int(r, 1)?,
+                    succeeded: D::int(r, 2)?,
+                    failed: D::int(r, 3)?,
+                    abandoned: D::int(r, 4)?,
+                    rows_rejected: D::int(r, 5)?,
+                })
             })
         })
     }
 
-    pub async fn most_polls(
-        &mut self,
+    fn most_polls<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<i64, StoreError> {
-        let sql = format!(
-            "SELECT coalesce(max(polls), 0) FROM ( \
-                 SELECT count(*) AS polls FROM sync_runs \
-                 WHERE status = 'succeeded' AND sessions_open IS NOT NULL \
-                   AND started_at >= $3 AND started_at < $4 AND {} \
-                 GROUP BY account_id) p",
-            scope_sql(scope, "account_id"),
-        );
-        let rows = self.rows(&sql, &period_args(scope, from, to)).await?;
-        Ok(map(&rows, |r| D::int(r, 0))?.first().copied().unwrap_or(0))
+    ) -> BoxFuture<'a, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT coalesce(max(polls), 0) FROM ( \
+                     SELECT count(*) AS polls FROM sync_runs \
+                     WHERE status = 'succeeded' AND sessions_open IS NOT NULL \
+                       AND started_at >= $3 AND started_at < $4 AND {} \
+                     GROUP BY account_id) p",
+                scope_sql(scope, "account_id"),
+            );
+            let rows = self.rows(&sql, &period_args(scope, from, to)).await?;
+            Ok(map(&rows, |r| D::int(r, 0))?.first().copied().unwrap_or(0))
+        })
     }
 
-    pub async fn open_points(
-        &mut self,
+    fn open_points<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
         step: Option<i64>,
-    ) -> Result<Vec<OpenPoint>, StoreError> {
-        let filter = format!(
-            "status = 'succeeded' AND sessions_open IS NOT NULL \
-             AND started_at >= $3 AND started_at < $4 AND {}",
-            scope_sql(scope, "account_id"),
-        );
-        let sql = match step {
-            None => format!(
-                "SELECT account_id, started_at, sessions_open FROM sync_runs WHERE {filter} \
-                 ORDER BY account_id, started_at, id"
-            ),
-            Some(_) => D::stepped_open_points_sql(&filter),
-        };
-        let [customer, sub_account, from_arg, to_arg] = period_args(scope, from, to);
-        let rows = match step {
-            None => {
-                self.rows(&sql, &[customer, sub_account, from_arg, to_arg])
-                    .await?
-            }
-            Some(step) => {
-                let args = [
-                    customer,
-                    sub_account,
-                    from_arg,
-                    to_arg,
-                    Arg::Int(from.as_millis().div_euclid(1000)),
-                    Arg::Int(step),
-                ];
-                self.rows(&sql, &args).await?
-            }
-        };
-        map(&rows, open_point::<D>)
+    ) -> BoxFuture<'a, Result<Vec<OpenPoint>, StoreError>> {
+        Box::pin(async move {
+            let filter = format!(
+                "status = 'succeeded' AND sessions_open IS NOT NULL \
+                 AND started_at >= $3 AND started_at < $4 AND {}",
+                scope_sql(scope, "account_id"),
+            );
+            let sql = match step {
+                None => format!(
+                    "SELECT account_id, started_at, sessions_open FROM sync_runs WHERE {filter} \
+                     ORDER BY account_id, started_at, id"
+                ),
+                Some(_) => D::stepped_open_points_sql(&filter),
+            };
+            let [customer, sub_account, from_arg, to_arg] = period_args(scope, from, to);
+            let rows = match step {
+                None => {
+                    self.rows(&sql, &[customer, sub_account, from_arg, to_arg])
+                        .await?
+                }
+                Some(step) => {
+                    let args = [
+                        customer,
+                        sub_account,
+                        from_arg,
+                        to_arg,
+                        Arg::Int(from.as_millis().div_euclid(1000)),
+                        Arg::Int(step),
+                    ];
+                    self.rows(&sql, &args).await?
+                }
+            };
+            map(&rows, open_point::<D>)
+        })
     }
 
-    pub async fn open_before(
-        &mut self,
+    fn open_before<'a>(
+        &'a mut self,
         scope: ReportScope,
         before: Timestamp,
-    ) -> Result<Vec<OpenPoint>, StoreError> {
-        let [customer, sub_account] = scope_args(scope);
-        let rows = self
-            .rows(
-                D::OPEN_BEFORE_SQL,
-                &[customer, sub_account, Arg::Time(before)],
-            )
-            .await?;
-        map(&rows, open_point::<D>)
+    ) -> BoxFuture<'a, Result<Vec<OpenPoint>, StoreError>> {
+        Box::pin(async move {
+            let [customer, sub_account] = scope_args(scope);
+            let rows = self
+                .rows(
+                    D::OPEN_BEFORE_SQL,
+                    &[customer, sub_account, Arg::Time(before)],
+                )
+                .await?;
+            map(&rows, open_point::<D>)
+        })
     }
 
-    pub async fn failures(
-        &mut self,
+    fn failures<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
         limit: i64,
-    ) -> Result<Vec<FailedRunRow>, StoreError> {
-        let sql = format!(
-            "SELECT account_id, started_at, status, error FROM sync_runs \
-             WHERE status IN ('failed', 'abandoned') AND started_at >= $3 AND started_at < $4 \
-               AND {} \
-             ORDER BY started_at DESC, id DESC LIMIT $5",
-            scope_sql(scope, "account_id"),
-        );
-        let [customer, sub_account, from, to] = period_args(scope, from, to);
-        let rows = self
-            .rows(&sql, &[customer, sub_account, from, to, Arg::Int(limit)])
-            .await?;
-        map(&rows, |r| {
-            Ok(FailedRunRow {
-                account: AccountId(D::int(r, 0)?),
-                started_at: D::time(r, 1)?,
-                status: D::text(r, 2)?,
-                error: D::opt_text(r, 3)?,
+    ) -> BoxFuture<'a, Result<Vec<FailedRunRow>, StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT account_id, started_at, status, error FROM sync_runs \
+                 WHERE status IN ('failed', 'abandoned') AND started_at >= $3 AND started_at < $4 \
+                   AND {} \
+                 ORDER BY started_at DESC, id DESC LIMIT $5",
+                scope_sql(scope, "account_id"),
+            );
+            let [customer, sub_account, from, to] = period_args(scope, from, to);
+            let rows = self
+                .rows(&sql, &[customer, sub_account, from, to, Arg::Int(limit)])
+                .await?;
+            map(&rows, |r| {
+                Ok(FailedRunRow {
+                    account: AccountId(D::int(r, 0)?),
+                    started_at: D::time(r, 1)?,
+                    status: D::text(r, 2)?,
+                    error: D::opt_text(r, 3)?,
+                })
             })
         })
     }
 
-    pub async fn rejected_by_reason(
-        &mut self,
+    fn rejected_by_reason<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<Vec<RejectedReason>, StoreError> {
-        let sql = format!(
-            "SELECT r.account_id, j.reason, count(*) FROM rejected_rows j \
-             JOIN sync_runs r ON r.id = j.run_id \
-             WHERE r.started_at >= $3 AND r.started_at < $4 AND {} \
-             GROUP BY r.account_id, j.reason \
-             ORDER BY r.account_id, count(*) DESC, j.reason",
-            scope_sql(scope, "r.account_id"),
-        );
-        let rows = self.rows(&sql, &period_args(scope, from, to)).await?;
-        map(&rows, |r| {
-            Ok(RejectedReason {
-                account: AccountId(D::int(r, 0)?),
-                reason: D::text(r, 1)?,
-                count: D::int(r, 2)?,
+    ) -> BoxFuture<'a, Result<Vec<RejectedReason>, StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT r.account_id, j.reason, count(*) FROM rejected_rows j \
+                 JOIN sync_runs r ON r.id = j.run_id \
+                 WHERE r.started_at >= $3 AND r.started_at < $4 AND {} \
+                 GROUP BY r.account_id, j.reason \
+                 ORDER BY r.account_id, count(*) DESC, j.reason",
+                scope_sql(scope, "r.account_id"),
+            );
+            let rows = self.rows(&sql, &period_args(scope, from, to)).await?;
+            map(&rows, |r| {
+                Ok(RejectedReason {
+                    account: AccountId(D::int(r, 0)?),
+                    reason: D::text(r, 1)?,
+                    count: D::int(r, 2)?,
+                })
             })
         })
     }
 
-    pub async fn finish(self) -> Result<(), StoreError> {
-        self.tx.commit().await.doing(REPORT_ACTION)
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>> {
+        Box::pin(async move { self.tx.commit().await.doing(REPORT_ACTION) })
     }
 }
 
