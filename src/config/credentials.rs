@@ -129,23 +129,7 @@ impl Config {
                 credentials: Credentials { username, token },
             });
         }
-        let Config {
-            database_url,
-            api,
-            schedule,
-            sync,
-            metrics,
-            accounts: _,
-        } = self;
-        let config = Config {
-            database_url,
-            api,
-            schedule,
-            sync,
-            metrics,
-            accounts,
-        };
-        Ok((config, warnings))
+        Ok((self.with_accounts(accounts), warnings))
     }
 }
 

@@ -526,6 +526,28 @@ impl VendorConfig {
     }
 }
 
+impl<A> Config<A> {
+    /// The same configuration with other accounts (the sections are moved, not copied).
+    fn with_accounts<B>(self, accounts: Vec<B>) -> Config<B> {
+        let Config {
+            database_url,
+            api,
+            schedule,
+            sync,
+            metrics,
+            accounts: _,
+        } = self;
+        Config {
+            database_url,
+            api,
+            schedule,
+            sync,
+            metrics,
+            accounts,
+        }
+    }
+}
+
 impl<A: Borrow<AccountConfig>> Config<A> {
     /// The accounts that `--customer` / `--sub-account` select (all when neither is given).
     pub fn select_accounts(&self, customer: Option<i64>, sub_account: Option<i64>) -> Vec<&A> {

@@ -120,12 +120,6 @@ impl fmt::Debug for Cron {
     }
 }
 
-impl fmt::Display for Cron {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.expr)
-    }
-}
-
 impl Serialize for Cron {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.expr)
