@@ -24,14 +24,14 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::VendorConfig;
 use crate::sync::{sync_account_for_tick, Account, SyncContext};
 use crate::timestamp::Timestamp;
 
 /// Runs the schedule until `shutdown` completes, then drains. Returns an error only when the
 /// metrics endpoint cannot be bound or the scheduler cannot be set up.
 pub async fn run(
-    config: &Config,
+    config: &VendorConfig,
     ctx: SyncContext,
     accounts: Vec<Account>,
     shutdown: impl Future<Output = ()>,
@@ -66,7 +66,7 @@ pub async fn run(
     let scheduler_accounts = accounts.len();
     // One scheduler job per schedule, not per account: with thousands of accounts, a job
     // each made the scheduler miss ticks (a missed tick of a cron job is simply not fired).
-    let mut schedules: Vec<(String, Vec<Slot>)> = Vec::new();
+    let mut schedules: Vec<(crate::config::Cron, Vec<Slot>)> = Vec::new();
     for account in accounts {
         let slot = Slot {
             account: Arc::new(account),
@@ -82,9 +82,7 @@ pub async fn run(
     }
     for (cron, slots) in schedules {
         let slots = Arc::new(slots);
-        let schedule = Arc::new(
-            crate::config::parse_cron(&cron).map_err(|e| anyhow::anyhow!("cron {cron:?}: {e}"))?,
-        );
+        let schedule = Arc::new(cron.schedule().clone());
         let (ctx, semaphore, tracker, stop_starting, abort_running) = (
             ctx.clone(),
             semaphore.clone(),

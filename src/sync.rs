@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AccountConfig, SyncConfig};
+use crate::config::{SyncConfig, VendorAccount};
 use crate::metrics::{MassClosureOutcome, Metrics, RunResult};
 use crate::snapshot::{Row, SnapshotReader};
 use crate::store::{
@@ -44,7 +44,7 @@ pub struct SyncContext {
 #[derive(Debug, Clone)]
 pub struct Account {
     pub id: AccountId,
-    pub config: AccountConfig,
+    pub config: VendorAccount,
     /// `customer 42 / sub-account 7 (name)`, computed once.
     pub label: String,
 }
@@ -53,7 +53,7 @@ impl SyncContext {
     /// Records the configured accounts in the database (creating or renaming their rows).
     pub async fn register(
         &self,
-        accounts: &[AccountConfig],
+        accounts: &[VendorAccount],
     ) -> Result<Vec<Account>, crate::store::StoreError> {
         let mut out = Vec::with_capacity(accounts.len());
         for a in accounts {
@@ -538,7 +538,7 @@ async fn fetch_snapshot(
 /// Asks for a link and opens it, asking again when the link turns out to have expired.
 async fn open_snapshot(
     vendor: &VendorClient,
-    account: &AccountConfig,
+    account: &VendorAccount,
 ) -> Result<crate::vendor::Download, Failure> {
     let mut refreshes = 0;
     loop {

@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, ReadBuf};
 use tokio_util::io::StreamReader;
 use url::Url;
 
-use crate::config::{AccountConfig, ApiConfig};
+use crate::config::{AccountConfig, ApiConfig, VendorAccount};
 use crate::metrics::{HttpRequest, Metrics};
 use crate::redact::Redactor;
 
@@ -250,7 +250,7 @@ impl VendorClient {
 
     /// Asks the API for the link to the account's current snapshot, retrying what is worth it.
     #[tracing::instrument(skip_all, fields(customer_id = account.customer_id, sub_account_id = account.sub_account_id))]
-    pub async fn request_file_url(&self, account: &AccountConfig) -> Result<Url, VendorError> {
+    pub async fn request_file_url(&self, account: &VendorAccount) -> Result<Url, VendorError> {
         let redactor = Redactor::for_account(account);
         self.retry
             .run("request link", || {
@@ -261,7 +261,7 @@ impl VendorClient {
 
     async fn request_file_url_once(
         &self,
-        account: &AccountConfig,
+        account: &VendorAccount,
         redactor: &Redactor,
     ) -> Result<Url, VendorError> {
         let mut headers = HeaderMap::new();

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use session_sync::config::{Config, NoEnv};
+use session_sync::config::{Config, NoEnv, VendorConfig};
 use session_sync::simulator::SimulatedVendor;
 use session_sync::sync::{sync_account, Account, RunReport, SyncContext, SyncError};
 use sqlx::Row;
@@ -432,7 +432,7 @@ max_retry_wait_secs = 5
 pub struct Harness {
     pub vendor: SimulatedVendor,
     pub db: TestDb,
-    pub config: Config,
+    pub config: VendorConfig,
     pub ctx: SyncContext,
     pub accounts: Vec<Account>,
 }
