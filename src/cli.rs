@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ProcessEnv};
+use crate::config::{Config, Loaded, ProcessEnv, VendorConfig};
 use crate::sync::Ending;
 use crate::telemetry::LogFormat;
 
@@ -142,25 +142,26 @@ pub struct DemoArgs {
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
-fn load(arg: &ConfigArg) -> Result<Config, ExitCode> {
-    report_load(Config::load(&arg.config, &ProcessEnv))
+/// For the vendor's commands (`run`, `sync`, `check-config`): the credentials are read.
+fn load(arg: &ConfigArg) -> Result<VendorConfig, ExitCode> {
+    report_load(VendorConfig::load(&arg.config, &ProcessEnv))
 }
 
-/// For the commands that only use the database (`migrate`, `status`, `export`): the vendor's
-/// token is not needed, so they also run on hosts that do not have it.
+/// For the commands that only use the database (`migrate`, `status`, `export`, `report`):
+/// the vendor's token is not needed, so they also run on hosts that do not have it.
 fn load_database_only(arg: &ConfigArg) -> Result<Config, ExitCode> {
     report_load(Config::load_database_only(&arg.config, &ProcessEnv))
 }
 
-fn report_load(loaded: Result<Config, crate::config::ConfigError>) -> Result<Config, ExitCode> {
-    let config = loaded.map_err(|e| {
+fn report_load<T>(loaded: Result<Loaded<T>, crate::config::ConfigError>) -> Result<T, ExitCode> {
+    let loaded = loaded.map_err(|e| {
         eprintln!("error: invalid configuration: {e}");
         ExitCode::from(EXIT_CONFIG)
     })?;
-    for warning in &config.warnings {
+    for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    Ok(config)
+    Ok(loaded.config)
 }
 
 fn fatal(e: anyhow::Error) -> ExitCode {
@@ -174,7 +175,7 @@ pub async fn execute(command: Command) -> ExitCode {
     match command {
         Command::CheckConfig(arg) => match load(&arg) {
             Ok(config) => {
-                print!("{}", config.redacted_summary());
+                print!("{}", config.to_toml());
                 ExitCode::SUCCESS
             }
             Err(code) => code,

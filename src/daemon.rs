@@ -27,7 +27,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::VendorConfig;
 use crate::store::{Store, StoreError};
 use crate::sync::{sync_account_for_tick, Account, SyncContext};
 use crate::timestamp::Timestamp;
@@ -35,7 +35,7 @@ use crate::timestamp::Timestamp;
 /// The daemon, started: stop signals listened for, the database reached and migrated, the
 /// accounts registered. Nothing is scheduled until [`Daemon::run_until_stopped`].
 pub struct Daemon {
-    config: Config,
+    config: VendorConfig,
     ctx: SyncContext,
     accounts: Vec<Account>,
     shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -50,7 +50,7 @@ impl Daemon {
     /// 3. register the configured accounts.
     ///
     /// `Ok(None)` when a stop signal came while waiting for the database.
-    pub async fn build(config: Config) -> anyhow::Result<Option<Daemon>> {
+    pub async fn build(config: VendorConfig) -> anyhow::Result<Option<Daemon>> {
         let mut shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown_signal());
         refuse_reload();
         let Some(store) = open_store_patiently(&config, shutdown.as_mut()).await? else {
@@ -81,8 +81,8 @@ impl Daemon {
 ///
 /// It does not extend systemd's start timeout: after `TimeoutStartSec=` systemd gives up on
 /// this start, so a database that stays down never holds up boot, and `Restart=` tries again.
-async fn open_store_patiently(
-    config: &Config,
+async fn open_store_patiently<A>(
+    config: &crate::config::Config<A>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Option<Store>> {
     tokio::pin!(stop);
@@ -114,7 +114,7 @@ async fn open_store_patiently(
 /// Runs the schedule until `shutdown` completes, then drains. Returns an error only when the
 /// metrics endpoint cannot be bound or the scheduler cannot be set up.
 pub async fn run(
-    config: &Config,
+    config: &VendorConfig,
     ctx: SyncContext,
     accounts: Vec<Account>,
     shutdown: impl Future<Output = ()>,
@@ -149,7 +149,7 @@ pub async fn run(
     let scheduler_accounts = accounts.len();
     // One scheduler job per schedule, not per account: with thousands of accounts, a job
     // each made the scheduler miss ticks (a missed tick of a cron job is simply not fired).
-    let mut schedules: Vec<(String, Vec<Slot>)> = Vec::new();
+    let mut schedules: Vec<(crate::config::Cron, Vec<Slot>)> = Vec::new();
     for account in accounts {
         let slot = Slot {
             account: Arc::new(account),
@@ -165,9 +165,7 @@ pub async fn run(
     }
     for (cron, slots) in schedules {
         let slots = Arc::new(slots);
-        let schedule = Arc::new(
-            crate::config::parse_cron(&cron).map_err(|e| anyhow::anyhow!("cron {cron:?}: {e}"))?,
-        );
+        let schedule = Arc::new(cron.schedule().clone());
         let (ctx, semaphore, tracker, stop_starting, abort_running) = (
             ctx.clone(),
             semaphore.clone(),

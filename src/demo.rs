@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
 use crate::account::AccountLabel;
-use crate::config::{Config, NoEnv};
+use crate::config::{NoEnv, VendorConfig};
 use crate::simulator::{AccountKey, ApiFault, CdnFault, SimulatedVendor};
 use crate::sync::sync_account;
 use crate::timestamp::Timestamp;
@@ -171,7 +171,7 @@ async fn make_fresh_database(path: &Path, replace: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo_config(sim: &SimulatedVendor, database: &Path) -> anyhow::Result<Config> {
+fn demo_config(sim: &SimulatedVendor, database: &Path) -> anyhow::Result<VendorConfig> {
     let mut text = format!(
         r#"
 database_url = "sqlite://{database}"
@@ -197,7 +197,7 @@ max_concurrent = 3
             text.push_str(&format!("sub_account_id = {sub}\n"));
         }
     }
-    Config::from_toml(&text, Path::new("."), &NoEnv).context("the demo's configuration")
+    VendorConfig::from_toml(&text, Path::new("."), &NoEnv).context("the demo's configuration")
 }
 
 /// Runs the demo, writing `database`: a new file, or one the demo made before, or (with

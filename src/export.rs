@@ -156,7 +156,7 @@ pub async fn export(
             )));
         }
     }
-    let result = write_rows(&store, filter, format, out).await;
+    let result = write_rows(store.export_history(filter), format, out).await;
     store.close().await;
     match result {
         Err(WriteError::Database(e)) => Err(database(e)),
@@ -172,12 +172,10 @@ enum WriteError {
 }
 
 async fn write_rows(
-    store: &Store,
-    filter: HistoryFilter,
+    mut rows: impl futures_util::Stream<Item = Result<HistoryRow, crate::store::StoreError>> + Unpin,
     format: Format,
     out: impl AsyncWrite + Unpin,
 ) -> Result<u64, WriteError> {
-    let mut rows = store.export_history(filter);
     let mut written = 0;
     match format {
         Format::Csv => {
@@ -270,6 +268,16 @@ mod tests {
         assert!(parse_since("2026-13-01").is_err());
     }
 
+    /// What `export` writes as CSV for these rows, and the number of rows it counts.
+    async fn csv_of(rows: Vec<HistoryRow>) -> (String, u64) {
+        let mut out = Vec::new();
+        let stream = futures_util::stream::iter(rows.into_iter().map(Ok));
+        let Ok(written) = write_rows(stream, Format::Csv, &mut out).await else {
+            panic!("writing to memory failed");
+        };
+        (String::from_utf8(out).unwrap(), written)
+    }
+
     #[tokio::test]
     async fn the_csv_header_names_every_field_in_order() {
         let row = HistoryRow {
@@ -285,19 +293,30 @@ mod tests {
             is_open: true,
             closed_reason: None,
         };
-        let mut out = Vec::new();
+        let header = "customer_id,sub_account_id,account_name,source,session_created_at,\
+                      expires_at,first_seen_at,last_seen_at,closed_at,is_open,closed_reason\n";
+        assert_eq!(
+            csv_of(vec![row.clone()]).await,
+            (
+                format!(
+                    "{header}42,,\"a,b\",5519900000001,2026-11-01T00:00:00.000Z,\
+                 2026-11-02T00:00:00.000Z,2026-11-01T00:05:00.000Z,,,true,\n"
+                ),
+                1
+            )
+        );
+        // The header goes out even when no row matches.
+        assert_eq!(csv_of(Vec::new()).await, (header.to_owned(), 0));
+        // The header names the row's fields, in the row's order: the names serde gives them.
+        let mut named = Vec::new();
         {
-            let mut csv = csv_writer(&mut out);
-            csv.serialize(CSV_HEADER).await.unwrap();
+            let mut csv = csv_async::AsyncWriterBuilder::new()
+                .has_headers(true)
+                .create_serializer(&mut named);
             csv.serialize(Record::from(&row)).await.unwrap();
             csv.flush().await.unwrap();
         }
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "customer_id,sub_account_id,account_name,source,session_created_at,expires_at,\
-             first_seen_at,last_seen_at,closed_at,is_open,closed_reason\n\
-             42,,\"a,b\",5519900000001,2026-11-01T00:00:00.000Z,2026-11-02T00:00:00.000Z,\
-             2026-11-01T00:05:00.000Z,,,true,\n"
-        );
+        let named = String::from_utf8(named).unwrap();
+        assert_eq!(named.lines().next(), header.lines().next());
     }
 }

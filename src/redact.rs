@@ -52,7 +52,7 @@ impl Redactor {
     }
 
     /// Knows the account's token.
-    pub fn for_account(account: &crate::config::AccountConfig) -> Self {
+    pub fn for_account(account: &crate::config::VendorAccount) -> Self {
         Redactor::new().with_secret(account.credentials.token.expose_secret())
     }
 

@@ -4,14 +4,14 @@
 
 use anyhow::Context;
 
-use crate::config::Config;
+use crate::config::{Config, VendorConfig};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::sync::{Account, SyncContext};
 use crate::vendor::VendorClient;
 
 /// Opens the store named by the config and applies its migrations.
-pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+pub async fn open_store<A>(config: &Config<A>) -> anyhow::Result<Store> {
     // Each running sync holds up to two connections (its staging area and, on PostgreSQL,
     // the one holding its account lock); two more serve the rest.
     let max_connections = u32::try_from(2 * config.schedule.max_concurrent + 2).unwrap_or(u32::MAX);
@@ -30,14 +30,14 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 /// Everything a sync needs, with the configured accounts registered.
-pub async fn prepare(config: &Config) -> anyhow::Result<(SyncContext, Vec<Account>)> {
+pub async fn prepare(config: &VendorConfig) -> anyhow::Result<(SyncContext, Vec<Account>)> {
     let store = open_store(config).await?;
     prepare_with(config, store).await
 }
 
 /// [`prepare`] with a store already open.
 pub async fn prepare_with(
-    config: &Config,
+    config: &VendorConfig,
     store: Store,
 ) -> anyhow::Result<(SyncContext, Vec<Account>)> {
     let metrics = Metrics::new();

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::account::AccountLabel;
-use crate::config::{AccountConfig, Config, SyncConfig};
+use crate::config::{SyncConfig, VendorAccount, VendorConfig};
 use crate::metrics::{MassClosureOutcome, Metrics, RunResult};
 use crate::snapshot::{Row, SnapshotReader};
 use crate::store::{
@@ -43,7 +43,7 @@ pub struct SyncContext {
 #[derive(Debug, Clone)]
 pub struct Account {
     pub id: AccountId,
-    pub config: AccountConfig,
+    pub config: VendorAccount,
     /// `customer 42 / sub-account 7 (name)`, made once.
     pub label: AccountLabel,
 }
@@ -52,7 +52,7 @@ impl SyncContext {
     /// Records the configured accounts in the database (creating or renaming their rows).
     pub async fn register(
         &self,
-        accounts: &[AccountConfig],
+        accounts: &[VendorAccount],
     ) -> Result<Vec<Account>, crate::store::StoreError> {
         let mut out = Vec::with_capacity(accounts.len());
         for a in accounts {
@@ -190,11 +190,11 @@ fn abandon(step: Step, cause: impl ToString) -> Failure {
 /// in `wanted` once each, now, at most `max_concurrent` at a time, and closes the store. The
 /// results come in the configuration's order.
 pub async fn sync_once(
-    config: &Config,
-    wanted: &[&AccountConfig],
+    config: &VendorConfig,
+    wanted: &[&VendorAccount],
 ) -> anyhow::Result<Vec<Result<RunReport, SyncError>>> {
     let (ctx, mut accounts) = crate::startup::prepare(config).await?;
-    let key = |a: &AccountConfig| (a.customer_id, a.sub_account_id);
+    let key = |a: &VendorAccount| (a.customer_id, a.sub_account_id);
     let wanted: Vec<_> = wanted.iter().map(|a| key(a)).collect();
     accounts.retain(|a| wanted.contains(&key(&a.config)));
     let never = CancellationToken::new();

@@ -29,7 +29,7 @@ use tokio_util::io::StreamReader;
 use url::Url;
 
 use crate::account::AccountLabel;
-use crate::config::{AccountConfig, ApiConfig};
+use crate::config::{AccountConfig, ApiConfig, VendorAccount};
 use crate::metrics::{HttpRequest, Metrics};
 use crate::redact::Redactor;
 
@@ -268,7 +268,7 @@ impl VendorClient {
 
     /// Asks for the link to the account's current snapshot and opens it, asking for a fresh
     /// link when the one it got has expired, up to [`MAX_LINK_REFRESHES`] times.
-    pub async fn open_snapshot(&self, account: &AccountConfig) -> Result<Download, OpenError> {
+    pub async fn open_snapshot(&self, account: &VendorAccount) -> Result<Download, OpenError> {
         let mut refreshes = 0;
         loop {
             let link = self
@@ -292,7 +292,7 @@ impl VendorClient {
 
     /// Asks the API for the link to the account's current snapshot, retrying what is worth it.
     #[tracing::instrument(skip_all, fields(account = %AccountLabel::of(account)))]
-    pub async fn request_file_url(&self, account: &AccountConfig) -> Result<Url, VendorError> {
+    pub async fn request_file_url(&self, account: &VendorAccount) -> Result<Url, VendorError> {
         let redactor = Redactor::for_account(account);
         self.retry
             .run("request link", || {
@@ -303,7 +303,7 @@ impl VendorClient {
 
     async fn request_file_url_once(
         &self,
-        account: &AccountConfig,
+        account: &VendorAccount,
         redactor: &Redactor,
     ) -> Result<Url, VendorError> {
         let mut headers = HeaderMap::new();

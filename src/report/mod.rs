@@ -7,7 +7,7 @@
 //! `run` serves the same page, live, at `/` beside `/metrics` ([`live`]), with the same
 //! filters as query parameters.
 //!
-//! - **Aggregates only.** Every figure is counted in SQL ([`crate::store::ReportReader`]); no
+//! - **Aggregates only.** Every figure is counted in SQL ([`crate::store::ReportReads`]); no
 //!   phone number is read, and text that comes from the database (a run's error, a
 //!   rejection's reason, an account's name) has every run of 8 or more digits hidden
 //!   ([`hide_numbers`]): a broken file's error may quote a record.
@@ -28,6 +28,7 @@ mod live;
 mod page;
 mod svg;
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use chrono::{NaiveDate, Offset, TimeZone};
@@ -36,7 +37,7 @@ use chrono_tz::Tz;
 pub use live::routes;
 
 use crate::account::AccountLabel;
-use crate::config::Config;
+use crate::config::{AccountConfig, Config, Cron};
 use crate::store::{
     AccountId, AccountStatus, Counted, FailedRunRow, RejectedReason, ReportAccount, ReportScope,
     Store, StoreError, TzPiece,
@@ -346,13 +347,17 @@ pub struct Schedules {
 }
 
 impl Schedules {
-    pub fn from_config(config: &Config) -> Schedules {
+    pub fn from_config<A: Borrow<AccountConfig>>(config: &Config<A>) -> Schedules {
         Schedules {
             default_secs: interval_secs(&config.schedule.cron),
             accounts: config
                 .accounts
                 .iter()
-                .map(|a| ((a.customer_id, a.sub_account_id), interval_secs(&a.cron)))
+                .map(|a| {
+                    let a: &AccountConfig = a.borrow();
+                    let cron = config.schedule.cron_for(a);
+                    ((a.customer_id, a.sub_account_id), interval_secs(cron))
+                })
                 .collect(),
             session_window_hours: config.sync.session_window_hours,
         }
@@ -366,11 +371,9 @@ impl Schedules {
     }
 }
 
-/// The gap between a schedule's next two times (5 minutes if it cannot be read).
-fn interval_secs(cron: &str) -> i64 {
-    let Ok(schedule) = crate::config::parse_cron(cron) else {
-        return 300;
-    };
+/// The gap between a schedule's next two times (5 minutes if there are none).
+fn interval_secs(cron: &Cron) -> i64 {
+    let schedule = cron.schedule();
     let now = chrono::Utc::now();
     let next = schedule.find_next_occurrence(&now, false).ok();
     let after = next.and_then(|n| schedule.find_next_occurrence(&n, false).ok());

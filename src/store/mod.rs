@@ -1,6 +1,8 @@
 //! Where the history is kept: SQLite or PostgreSQL, chosen by the database URL's scheme.
 //!
-//! The sync logic talks to [`Store`] and [`Staging`] only; all dialect SQL lives in
+//! The sync logic talks to [`Store`] and [`Staging`] only. The rules that turn snapshots into
+//! history are written once, in `history.rs`, and what is read back in `reads.rs`, both over
+//! the small dialect layer of `dialect.rs`; the SQL that differs between the backends lives in
 //! `sqlite.rs` and `postgres.rs`, each with its own embedded `migrations/<backend>/`.
 //!
 //! A snapshot is applied in two phases so that nothing partial ever lands:
@@ -11,8 +13,13 @@
 //!    rows into history with a few set-based statements, stores the rejected records and
 //!    marks the run finished. The run's status and the sessions it changed commit together.
 
+mod dialect;
+mod history;
 mod postgres;
+mod reads;
 mod sqlite;
+
+use futures_util::future::BoxFuture;
 
 use crate::config::{AccountConfig, Backend, DatabaseUrl};
 use crate::snapshot::{Rejection, SessionKey};
@@ -349,53 +356,6 @@ impl Claim {
     }
 }
 
-/// Whether a snapshot may list sessions that are closed, i.e. whether the re-open step (a
-/// primary-key probe per staged row) has to run. Every staged row is a new session, or one
-/// that was open before and is still listed, or one that was closed, or a duplicate of
-/// another row: so with `open_before` open sessions, of which the close step closed
-/// `closed`, nothing can be re-opened when the `staged` rows are exactly the new ones plus
-/// the open ones still listed. Duplicates make the count larger and the step run for
-/// nothing, which is safe (and rare); counting distinct keys instead would sort the whole
-/// snapshot at every poll. Sessions protected from closing by a rejected record
-/// (`any_protected`) break that count, so then the step runs anyway. Re-opening is rare;
-/// this keeps the common poll to the statements it needs.
-fn reopen_may_be_needed(
-    staged: u64,
-    new: u64,
-    open_before: u64,
-    closed: u64,
-    any_protected: bool,
-) -> bool {
-    // More closed than were open cannot happen while runs of an account never overlap; if it
-    // ever did, running the step is the safe answer.
-    match open_before.checked_sub(closed) {
-        Some(still_open) => any_protected || staged != new + still_open,
-        None => true,
-    }
-}
-
-/// The rows a snapshot staged: every record read that was not rejected.
-fn staged_rows(counts: &ReadCounts) -> u64 {
-    counts.rows_read.saturating_sub(counts.rows_rejected)
-}
-
-/// Whether an apply changed so much of an account's sessions that the planner statistics
-/// taken before it may misjudge the account's next poll by far. The statements of a poll are
-/// planned on statistics that autovacuum refreshes only after a tenth of the table has
-/// changed, and then not at once: right after an account's first load, a new account's or a
-/// mass closure, the planner would think the account has next to no open sessions and pick
-/// plans that cost the square of the snapshot (a 20,000-row poll took 26 s instead of
-/// 0.2 s). So a store that plans on statistics refreshes them itself after such an apply: one
-/// that changed at least [`STATS_MIN_CHANGE`] sessions, and at least a fifth as many as
-/// were open before. A steady poll (a few percent of turnover) never triggers it.
-fn statistics_may_be_stale(open_before: u64, counts: &ApplyCounts) -> bool {
-    let changed = counts.sessions_new + counts.sessions_closed + counts.sessions_reopened;
-    changed >= STATS_MIN_CHANGE && changed.saturating_mul(5) >= open_before
-}
-
-/// Below this many changed sessions even a plan that costs their square is cheap.
-const STATS_MIN_CHANGE: u64 = 1000;
-
 /// One backend or the other; every method dispatches to the backend's own file.
 #[derive(Debug, Clone)]
 pub enum Store {
@@ -481,7 +441,7 @@ impl Store {
 
     /// Finds or creates the account's row, keeping its name up to date.
     pub async fn ensure_account(&self, account: &AccountConfig) -> Result<AccountId, StoreError> {
-        dispatch!(self, s => s.ensure_account(account).await)
+        dispatch!(self, s => history::register_account(s, account).await)
     }
 
     /// Marks runs of this account still `running` as `abandoned` (a crashed process left them;
@@ -491,7 +451,7 @@ impl Store {
         account: AccountId,
         started_at: Timestamp,
     ) -> Result<RunId, StoreError> {
-        dispatch!(self, s => s.start_run(account, started_at).await)
+        dispatch!(self, s => history::start_run(s, account, started_at).await)
     }
 
     /// Marks a run `failed` (or `abandoned`) with its error; no session changes.
@@ -503,7 +463,9 @@ impl Store {
         error: &str,
         counts: ReadCounts,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.finish_run_unapplied(run, status, finished_at, error, counts).await)
+        dispatch!(self, s => {
+            history::finish_run_unapplied(s, run, status, finished_at, error, counts).await
+        })
     }
 
     /// Opens a staging area for one run's snapshot; `expires_at` of each staged session is
@@ -533,7 +495,7 @@ impl Store {
 
     /// Per-account figures for the demo and for operators' summaries.
     pub async fn account_summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
-        dispatch!(self, s => s.account_summaries().await)
+        dispatch!(self, s => reads::account_summaries(s).await)
     }
 
     /// Each account's health, as `status` prints it and as the metrics start from. With
@@ -544,7 +506,7 @@ impl Store {
         now: Option<Timestamp>,
     ) -> Result<Vec<AccountStatus>, StoreError> {
         let bounds = now.map(StatusBounds::at);
-        dispatch!(self, s => s.account_statuses(bounds).await)
+        dispatch!(self, s => reads::account_statuses(s, bounds).await)
     }
 
     /// Streams the `session_history` rows `filter` selects, oldest first: what `export`
@@ -552,16 +514,16 @@ impl Store {
     pub fn export_history(
         &self,
         filter: HistoryFilter,
-    ) -> futures_util::stream::BoxStream<'_, Result<HistoryRow, StoreError>> {
-        dispatch!(self, s => s.export_history(filter))
+    ) -> futures_util::stream::BoxStream<'static, Result<HistoryRow, StoreError>> {
+        dispatch!(self, s => reads::export_history(s, filter))
     }
 
     /// Opens one read-only transaction for the report's queries, so that every chart of a
     /// page reads the same instant of the history.
     pub async fn read_report(&self) -> Result<ReportReader, StoreError> {
         Ok(match self {
-            Store::Sqlite(s) => ReportReader::Sqlite(s.read_report().await?),
-            Store::Postgres(s) => ReportReader::Postgres(s.read_report().await?),
+            Store::Sqlite(s) => Box::new(reads::Report::open(s).await?),
+            Store::Postgres(s) => Box::new(reads::Report::open(s).await?),
         })
     }
 
@@ -576,14 +538,14 @@ impl Staging {
     }
 
     pub async fn add_rejected(&mut self, rejection: &Rejection) -> Result<(), StoreError> {
-        dispatch_staging!(self, s => s.add_rejected(rejection).await)
+        dispatch_staging!(self, s => history::Staged::add_rejected(s, rejection).await)
     }
 
     /// In one transaction: closes the account's open sessions that the snapshot does not list,
     /// re-opens closed ones it lists again, inserts new ones, stores the rejected records and
     /// marks the run `succeeded`.
     pub async fn apply(self, params: ApplyParams) -> Result<ApplyCounts, StoreError> {
-        dispatch_staging!(self, s => s.apply(params).await)
+        dispatch_staging!(self, s => history::apply(s, params).await)
     }
 
     /// In one transaction: stores the rejected records and marks the run `failed` (or
@@ -596,7 +558,7 @@ impl Staging {
         error: &str,
         counts: ReadCounts,
     ) -> Result<(), StoreError> {
-        dispatch_staging!(self, s => s.fail(run, status, finished_at, error, counts).await)
+        dispatch_staging!(self, s => history::fail(s, run, status, finished_at, error, counts).await)
     }
 }
 
@@ -726,140 +688,108 @@ pub struct FinishedRun {
 /// of the period over which the time zone's offset from UTC does not change (the report
 /// computes them with chrono-tz, so both backends group alike, whatever zone rules the
 /// server has; SQLite has none).
-pub enum ReportReader {
-    Sqlite(sqlite::SqliteReportReader),
-    Postgres(postgres::PostgresReportReader),
-}
-
-macro_rules! dispatch_report {
-    ($self:expr, $r:ident => $body:expr) => {
-        match $self {
-            ReportReader::Sqlite($r) => $body,
-            ReportReader::Postgres($r) => $body,
-        }
-    };
-}
-
-impl ReportReader {
+pub trait ReportReads: Send {
     /// The accounts in scope, in the order of `status`.
-    pub async fn accounts(&mut self, scope: ReportScope) -> Result<Vec<ReportAccount>, StoreError> {
-        dispatch_report!(self, r => r.accounts(scope).await)
-    }
+    fn accounts<'a>(
+        &'a mut self,
+        scope: ReportScope,
+    ) -> BoxFuture<'a, Result<Vec<ReportAccount>, StoreError>>;
 
     /// Each account's health now (as `status` reads it).
-    pub async fn statuses(&mut self) -> Result<Vec<AccountStatus>, StoreError> {
-        dispatch_report!(self, r => r.statuses().await)
-    }
+    fn statuses<'a>(&'a mut self) -> BoxFuture<'a, Result<Vec<AccountStatus>, StoreError>>;
 
     /// Sessions created in the piece, per account and local hour, counted in hours since
     /// 1970-01-01 local time: a local day is that divided by 24, the hour of the day the
     /// remainder, so one pass over the sessions serves both charts. Each count is handed to
     /// `each` as it comes: memory does not grow with the period.
-    pub async fn opened(
-        &mut self,
+    fn opened<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
-        each: &mut (dyn FnMut(Counted) + Send),
-    ) -> Result<(), StoreError> {
-        dispatch_report!(self, r => r.opened(scope, piece, each).await)
-    }
+        each: &'a mut (dyn FnMut(Counted) + Send),
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Conversations (see the `conversations` view) that started in the piece, per account
-    /// and local hour, as [`ReportReader::opened`] counts sessions. A session starts one when
+    /// and local hour, as [`ReportReads::opened`] counts sessions. A session starts one when
     /// no earlier session of its number was still open at its creation; sessions created from
     /// `lookback_from` on are read to find each one's predecessor: the piece's start less one
     /// session window is enough, since an older one had expired by then.
-    pub async fn conversations_started(
-        &mut self,
+    fn conversations_started<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
         lookback_from: Timestamp,
-        each: &mut (dyn FnMut(Counted) + Send),
-    ) -> Result<(), StoreError> {
-        dispatch_report!(self, r => r.conversations_started(scope, piece, lookback_from, each).await)
-    }
+        each: &'a mut (dyn FnMut(Counted) + Send),
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Sessions created in the piece that have ended, per account, whole hours from
     /// `session_created_at` to `closed_at` (0 to 24; 24 is the whole window or more) and
     /// whether they closed as renewed.
-    pub async fn lifetimes(
-        &mut self,
+    fn lifetimes<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
-    ) -> Result<Vec<Lifetime>, StoreError> {
-        dispatch_report!(self, r => r.lifetimes(scope, piece).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<Lifetime>, StoreError>>;
 
     /// Finished runs started in the piece, per account and local day, by result.
-    pub async fn runs_per_day(
-        &mut self,
+    fn runs_per_day<'a>(
+        &'a mut self,
         scope: ReportScope,
         piece: TzPiece,
-    ) -> Result<Vec<RunsOfDay>, StoreError> {
-        dispatch_report!(self, r => r.runs_per_day(scope, piece).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<RunsOfDay>, StoreError>>;
 
     /// The most successful runs with an open count that any one account has in the period.
-    pub async fn most_polls(
-        &mut self,
+    fn most_polls<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<i64, StoreError> {
-        dispatch_report!(self, r => r.most_polls(scope, from, to).await)
-    }
+    ) -> BoxFuture<'a, Result<i64, StoreError>>;
 
     /// Open sessions after successful runs started in the period, per account in time
     /// order: every run when `step` is `None`; else the last run of each step of `step`
     /// seconds counted from `from` (whole seconds).
-    pub async fn open_points(
-        &mut self,
+    fn open_points<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
         step: Option<i64>,
-    ) -> Result<Vec<OpenPoint>, StoreError> {
-        dispatch_report!(self, r => r.open_points(scope, from, to, step).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<OpenPoint>, StoreError>>;
 
     /// Each account's open sessions after its last successful run before `before`, when
     /// that run recorded them.
-    pub async fn open_before(
-        &mut self,
+    fn open_before<'a>(
+        &'a mut self,
         scope: ReportScope,
         before: Timestamp,
-    ) -> Result<Vec<OpenPoint>, StoreError> {
-        dispatch_report!(self, r => r.open_before(scope, before).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<OpenPoint>, StoreError>>;
 
     /// The latest `limit` failed or abandoned runs started in the period, newest first
-    /// (how many there were in all is in [`ReportReader::runs_per_day`]).
-    pub async fn failures(
-        &mut self,
+    /// (how many there were in all is in [`ReportReads::runs_per_day`]).
+    fn failures<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
         limit: i64,
-    ) -> Result<Vec<FailedRunRow>, StoreError> {
-        dispatch_report!(self, r => r.failures(scope, from, to, limit).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<FailedRunRow>, StoreError>>;
 
     /// Rejected records of runs started in the period, per account and reason (never the
     /// records themselves: they hold phone numbers).
-    pub async fn rejected_by_reason(
-        &mut self,
+    fn rejected_by_reason<'a>(
+        &'a mut self,
         scope: ReportScope,
         from: Timestamp,
         to: Timestamp,
-    ) -> Result<Vec<RejectedReason>, StoreError> {
-        dispatch_report!(self, r => r.rejected_by_reason(scope, from, to).await)
-    }
+    ) -> BoxFuture<'a, Result<Vec<RejectedReason>, StoreError>>;
 
     /// Ends the read.
-    pub async fn finish(self) -> Result<(), StoreError> {
-        dispatch_report!(self, r => r.finish().await)
-    }
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>>;
 }
+
+/// A [`ReportReads`] on either backend: see [`Store::read_report`].
+pub type ReportReader = Box<dyn ReportReads>;
 
 /// Which accounts a report reads: all, a customer's (every sub-account), or one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -945,57 +875,3 @@ pub struct RejectedReason {
 const BATCH_ROWS: usize = 500;
 /// Rejected records per multi-row statement (4 binds each).
 const REJECT_BATCH_ROWS: usize = 250;
-
-/// Dialect-neutral: both backends run it as is.
-const ACCOUNT_SUMMARY_SQL: &str = "\
-    SELECT a.customer_id, a.sub_account_id, a.name, \
-        (SELECT count(*) FROM sessions s WHERE s.account_id = a.id AND s.closed_at IS NULL), \
-        (SELECT count(*) FROM sessions s WHERE s.account_id = a.id AND s.closed_at IS NOT NULL), \
-        (SELECT count(*) FROM sync_runs r WHERE r.account_id = a.id AND r.status = 'succeeded'), \
-        (SELECT count(*) FROM sync_runs r WHERE r.account_id = a.id AND r.status = 'failed') \
-    FROM accounts a ORDER BY a.customer_id, a.sub_account_id IS NOT NULL, a.sub_account_id";
-
-#[cfg(test)]
-mod tests {
-    use super::{reopen_may_be_needed, statistics_may_be_stale, ApplyCounts};
-
-    fn changed(new: u64, closed: u64, reopened: u64) -> ApplyCounts {
-        ApplyCounts {
-            sessions_new: new,
-            sessions_closed: closed,
-            sessions_reopened: reopened,
-            sessions_open: 0,
-        }
-    }
-
-    #[test]
-    fn statistics_are_refreshed_after_a_first_load_or_a_mass_change_but_not_a_steady_poll() {
-        // A first load, a new account's, a mass closure, a mass re-opening.
-        assert!(statistics_may_be_stale(0, &changed(20_000, 0, 0)));
-        assert!(statistics_may_be_stale(200_000, &changed(0, 150_000, 0)));
-        assert!(statistics_may_be_stale(10_000, &changed(0, 0, 9_000)));
-        // A steady poll of a large account: 3% turnover.
-        assert!(!statistics_may_be_stale(
-            1_000_000,
-            &changed(15_000, 15_000, 0)
-        ));
-        // Small accounts, whatever their turnover: not worth an ANALYZE per poll.
-        assert!(!statistics_may_be_stale(0, &changed(999, 0, 0)));
-        assert!(!statistics_may_be_stale(500, &changed(400, 500, 0)));
-    }
-
-    #[test]
-    fn the_reopen_step_is_skipped_only_when_every_staged_key_is_accounted_for() {
-        // 10 open, 2 closed by this snapshot, 3 new: 8 + 3 = 11 staged keys, nothing closed.
-        assert!(!reopen_may_be_needed(11, 3, 10, 2, false));
-        // One staged key more than that is a closed session listed again.
-        assert!(reopen_may_be_needed(12, 3, 10, 2, false));
-        // A first load, and a header-only snapshot.
-        assert!(!reopen_may_be_needed(1000, 1000, 0, 0, false));
-        assert!(!reopen_may_be_needed(0, 0, 5, 5, false));
-        // Protected numbers keep sessions open without staging them: always check.
-        assert!(reopen_may_be_needed(11, 3, 10, 2, true));
-        // Counts that cannot add up: check rather than trust them.
-        assert!(reopen_may_be_needed(0, 0, 1, 2, false));
-    }
-}

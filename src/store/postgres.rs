@@ -14,25 +14,22 @@
 //!
 //! Snapshots are staged with binary `COPY` into temporary tables, created on a server
 //! connection the first time it stages and emptied at each commit (`ON COMMIT DELETE ROWS`),
-//! so frequent polls do not churn the catalog, then applied with set-based statements.
+//! so frequent polls do not churn the catalog, then applied with set-based statements. The
+//! history's rules are in `history.rs`; this file has PostgreSQL's own statements and
+//! connections.
 
 use std::str::FromStr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use futures_util::stream::{BoxStream, StreamExt};
 use sqlx::postgres::{
-    PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgSslMode, Postgres,
+    PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, PgSslMode, Postgres,
 };
-use sqlx::{ConnectOptions, Connection, Executor, Row, Transaction};
+use sqlx::{ConnectOptions, Connection, Executor, Transaction};
 
-use super::{
-    AccountId, AccountStatus, AccountSummary, ApplyCounts, ApplyParams, Cause, Claim, ClaimOutcome,
-    Counted, Doing, FailedRunRow, Fence, FinishedRun, HistoryRow, Lifetime, OpenPoint, ReadCounts,
-    RejectedReason, ReportAccount, ReportScope, RunId, RunStatus, RunsOfDay, StoreError, TzPiece,
-    ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
-};
-use crate::config::AccountConfig;
+use super::dialect::{shared_dialect_methods, Arg, Backend, Dialect};
+use super::history::Staged;
+use super::{AccountId, Cause, Claim, ClaimOutcome, Doing, Fence, StoreError};
 use crate::snapshot::{Rejection, SessionKey};
 use crate::timestamp::Timestamp;
 
@@ -61,83 +58,78 @@ where
     sqlx::query_scalar(sql).persistent(false)
 }
 
-/// `export`: the view's rows, oldest first (accounts without a sub-account before those with).
-const EXPORT_SQL: &str = "\
-    SELECT customer_id, sub_account_id, account_name, source, session_created_at, expires_at, \
-        first_seen_at, last_seen_at, closed_at, is_open, closed_reason \
-    FROM session_history \
-    WHERE session_created_at >= $1 AND ($2::timestamptz IS NULL OR session_created_at < $2) \
-        AND ($3::bigint IS NULL OR customer_id = $3) AND ($4::bigint IS NULL OR sub_account_id = $4) \
-    ORDER BY session_created_at, customer_id, sub_account_id IS NOT NULL, sub_account_id, source";
-
-fn ts_req(row: &PgRow, i: usize) -> Result<Timestamp, sqlx::Error> {
-    let t: chrono::DateTime<chrono::Utc> = row.try_get(i)?;
-    Timestamp::from_chrono(t).ok_or_else(|| sqlx::Error::ColumnDecode {
-        index: i.to_string(),
-        source: format!("a timestamp out of session-sync's range: {t}").into(),
-    })
+/// [`q`] with its arguments bound.
+fn query<'q>(sql: &'q str, args: &'q [Arg<'q>]) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+    super::dialect::bind(q(sql), args, Timestamp::to_chrono)
 }
 
-fn history_row(r: &PgRow) -> Result<HistoryRow, sqlx::Error> {
-    Ok(HistoryRow {
-        customer_id: r.try_get(0)?,
-        sub_account_id: r.try_get(1)?,
-        account_name: r.try_get(2)?,
-        source: r.try_get(3)?,
-        session_created_at: ts_req(r, 4)?,
-        expires_at: ts_req(r, 5)?,
-        first_seen_at: ts_req(r, 6)?,
-        last_seen_at: ts_at(r, 7),
-        closed_at: ts_at(r, 8),
-        is_open: r.try_get(9)?,
-        closed_reason: r.try_get(10)?,
-    })
+/// A timestamp column as local time in a [`super::TzPiece`] whose offset is `$5` seconds.
+fn local(column: &str) -> String {
+    format!("(({column} AT TIME ZONE 'UTC') + $5::int * interval '1 second')")
 }
 
-/// Each account's latest finished run, last success and open sessions, and with a `now`
-/// (parameter 1; 2, 3 and 4 are a day before, a week before and an hour after it) the
-/// figures of `super::RecentFigures`.
-const ACCOUNT_STATUS_SQL: &str = "\
-    WITH recent AS ( \
-        SELECT s.account_id, \
-            count(*) FILTER (WHERE s.session_created_at >= $2) AS opened_24h, \
-            count(*) FILTER (WHERE s.expires_at <= $1::timestamptz) AS expired, \
-            count(*) FILTER (WHERE s.expires_at <= $1::timestamptz AND EXISTS ( \
-                SELECT 1 FROM sync_runs r \
-                WHERE r.account_id = s.account_id AND r.status = 'succeeded' \
-                  AND r.started_at > s.expires_at \
-                  AND r.started_at < coalesce(s.closed_at, 'infinity'))) AS listed_past_expiry, \
-            count(*) FILTER (WHERE s.closed_at IS NOT NULL) AS closed, \
-            count(*) FILTER (WHERE s.closed_reason = 'renewed') AS renewed \
-        FROM sessions s \
-        WHERE $1::timestamptz IS NOT NULL AND s.session_created_at >= $3 \
-        GROUP BY s.account_id \
-    ), expiring AS ( \
-        SELECT s.account_id, count(*) AS n FROM sessions s \
-        WHERE $1::timestamptz IS NOT NULL AND s.closed_at IS NULL \
-          AND s.expires_at >= $1::timestamptz AND s.expires_at < $4 \
-        GROUP BY s.account_id \
-    ) \
-    SELECT a.customer_id, a.sub_account_id, a.name, \
-        coalesce(last_run.finished_at, last_run.started_at), last_run.status, last_run.error, \
-        (SELECT r.finished_at FROM sync_runs r \
-         WHERE r.account_id = a.id AND r.status = 'succeeded' \
-         ORDER BY r.started_at DESC LIMIT 1), \
-        (SELECT count(*) FROM sessions s WHERE s.account_id = a.id AND s.closed_at IS NULL), \
-        $1::timestamptz IS NOT NULL, coalesce(rc.opened_24h, 0), coalesce(ex.n, 0), \
-        coalesce(rc.expired, 0), coalesce(rc.listed_past_expiry, 0), coalesce(rc.closed, 0), \
-        coalesce(rc.renewed, 0) \
-    FROM accounts a \
-    LEFT JOIN sync_runs last_run ON last_run.id = ( \
-        SELECT r.id FROM sync_runs r WHERE r.account_id = a.id AND r.status <> 'running' \
-        ORDER BY r.started_at DESC, r.id DESC LIMIT 1) \
-    LEFT JOIN recent rc ON rc.account_id = a.id \
-    LEFT JOIN expiring ex ON ex.account_id = a.id \
-    ORDER BY a.customer_id, a.sub_account_id IS NOT NULL, a.sub_account_id";
+impl Dialect for Postgres {
+    shared_dialect_methods!();
 
-fn ts_at(row: &PgRow, i: usize) -> Option<Timestamp> {
-    row.get::<Option<chrono::DateTime<chrono::Utc>>, _>(i)
-        .and_then(Timestamp::from_chrono)
+    fn opt_time(row: &PgRow, i: usize) -> Result<Option<Timestamp>, sqlx::Error> {
+        match sqlx::Row::try_get::<Option<chrono::DateTime<chrono::Utc>>, _>(row, i)? {
+            None => Ok(None),
+            Some(t) => {
+                Timestamp::from_chrono(t)
+                    .map(Some)
+                    .ok_or_else(|| sqlx::Error::ColumnDecode {
+                        index: i.to_string(),
+                        source: format!("a timestamp out of session-sync's range: {t}").into(),
+                    })
+            }
+        }
+    }
+
+    const OPEN_BEFORE_SQL: &'static str = "\
+        SELECT a.id, r.started_at, r.sessions_open FROM accounts a \
+        CROSS JOIN LATERAL ( \
+            SELECT started_at, sessions_open FROM sync_runs \
+            WHERE account_id = a.id AND status = 'succeeded' AND started_at < $3 \
+            ORDER BY started_at DESC, id DESC LIMIT 1) r \
+        WHERE ($1::bigint IS NULL OR a.customer_id = $1) \
+          AND ($2::bigint IS NULL OR a.sub_account_id = $2) \
+          AND r.sessions_open IS NOT NULL";
+
+    const FALSE: &'static str = "false";
+
+    /// Every account has a claim row (see `super::Claim`), made with it.
+    const REGISTER_ACCOUNT_EXTRA: Option<&'static str> =
+        Some("INSERT INTO account_claims (account_id) VALUES ($1) ON CONFLICT DO NOTHING");
+
+    /// From the epoch's seconds, which costs less per row than the zone conversion of the
+    /// analysts' recipes.
+    fn local_hour(column: &str) -> String {
+        format!("floor((date_part('epoch', {column}) + $5::int) / 3600)::bigint")
+    }
+
+    fn local_day(column: &str) -> String {
+        format!("({}::date - date '1970-01-01')::bigint", local(column))
+    }
+
+    /// The interval's epoch is exact, so a lifetime of exactly an hour is one hour.
+    fn lifetime_hours() -> String {
+        "greatest(least(floor(date_part('epoch', closed_at - session_created_at) / 3600), 24), \
+                  0)::bigint"
+            .to_owned()
+    }
+
+    fn stepped_open_points_sql(filter: &str) -> String {
+        format!(
+            "SELECT account_id, started_at, sessions_open FROM ( \
+                 SELECT DISTINCT ON (account_id, step) account_id, started_at, sessions_open \
+                 FROM (SELECT account_id, started_at, sessions_open, id, \
+                              floor((date_part('epoch', started_at) - $5::bigint) \
+                                    / $6::bigint) AS step \
+                       FROM sync_runs WHERE {filter}) r \
+                 ORDER BY account_id, step, started_at DESC, id DESC) s \
+             ORDER BY account_id, started_at"
+        )
+    }
 }
 
 fn tz(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
@@ -344,76 +336,6 @@ impl PostgresStore {
         tx.commit().await.doing(ACTION)
     }
 
-    pub async fn ensure_account(&self, a: &AccountConfig) -> Result<AccountId, StoreError> {
-        const ACTION: &str = "recording the account";
-        let sql = if a.sub_account_id.is_some() {
-            "INSERT INTO accounts (customer_id, sub_account_id, name) VALUES ($1, $2, $3) \
-             ON CONFLICT (customer_id, sub_account_id) WHERE sub_account_id IS NOT NULL \
-             DO UPDATE SET name = excluded.name RETURNING id"
-        } else {
-            "INSERT INTO accounts (customer_id, sub_account_id, name) VALUES ($1, $2, $3) \
-             ON CONFLICT (customer_id) WHERE sub_account_id IS NULL \
-             DO UPDATE SET name = excluded.name RETURNING id"
-        };
-        let mut tx = self.pool.begin().await.doing(ACTION)?;
-        let id: i64 = q_scalar(sql)
-            .bind(a.customer_id)
-            .bind(a.sub_account_id)
-            .bind(a.name.as_deref())
-            .fetch_one(&mut *tx)
-            .await
-            .doing(ACTION)?;
-        q("INSERT INTO account_claims (account_id) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .doing(ACTION)?;
-        tx.commit().await.doing(ACTION)?;
-        Ok(AccountId(id))
-    }
-
-    pub async fn start_run(
-        &self,
-        account: AccountId,
-        started_at: Timestamp,
-    ) -> Result<RunId, StoreError> {
-        let mut tx = self.pool.begin().await.doing("starting the run")?;
-        q(
-            "UPDATE sync_runs SET status = 'abandoned', finished_at = $1, error = $2 \
-           WHERE account_id = $3 AND status = 'running'",
-        )
-        .bind(tz(started_at))
-        .bind(ABANDONED_BY_CRASH)
-        .bind(account.0)
-        .execute(&mut *tx)
-        .await
-        .doing("marking crashed runs abandoned")?;
-        let id: i64 = q_scalar(
-            "INSERT INTO sync_runs (account_id, started_at, status) VALUES ($1, $2, 'running') \
-             RETURNING id",
-        )
-        .bind(account.0)
-        .bind(tz(started_at))
-        .fetch_one(&mut *tx)
-        .await
-        .doing("recording the run")?;
-        tx.commit().await.doing("recording the run")?;
-        Ok(RunId(id))
-    }
-
-    pub async fn finish_run_unapplied(
-        &self,
-        run: RunId,
-        status: RunStatus,
-        finished_at: Timestamp,
-        error: &str,
-        counts: ReadCounts,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.doing("recording the failure")?;
-        finish_unapplied(&mut tx, run, status, finished_at, error, counts).await?;
-        tx.commit().await.doing("recording the failure")
-    }
-
     /// See `Store::claim_account`. One statement takes the claim if its lease is over and no
     /// claim for this tick or a later one was taken; `SKIP LOCKED` makes a claimant that
     /// meets another one mid-claim (or a run applying, which holds the row while it checks
@@ -521,95 +443,31 @@ impl PostgresStore {
         })
     }
 
-    pub async fn account_summaries(&self) -> Result<Vec<AccountSummary>, StoreError> {
-        const ACTION: &str = "reading account summaries";
-        let mut tx = self.pool.begin().await.doing(ACTION)?;
-        let rows = q(super::ACCOUNT_SUMMARY_SQL)
-            .fetch_all(&mut *tx)
-            .await
-            .doing(ACTION)?;
-        tx.commit().await.doing(ACTION)?;
-        Ok(rows
-            .iter()
-            .map(|r| AccountSummary {
-                customer_id: r.get(0),
-                sub_account_id: r.get(1),
-                name: r.get(2),
-                sessions_open: r.get(3),
-                sessions_closed: r.get(4),
-                runs_succeeded: r.get(5),
-                runs_failed: r.get(6),
-            })
-            .collect())
-    }
-
-    pub(super) async fn account_statuses(
-        &self,
-        bounds: Option<super::StatusBounds>,
-    ) -> Result<Vec<AccountStatus>, StoreError> {
-        const ACTION: &str = "reading each account's status";
-        let mut tx = self.pool.begin().await.doing(ACTION)?;
-        let rows = q(ACCOUNT_STATUS_SQL)
-            .bind(bounds.map(|b| tz(b.now)))
-            .bind(bounds.map(|b| tz(b.day_ago)))
-            .bind(bounds.map(|b| tz(b.week_ago)))
-            .bind(bounds.map(|b| tz(b.hour_ahead)))
-            .fetch_all(&mut *tx)
-            .await
-            .doing(ACTION)?;
-        tx.commit().await.doing(ACTION)?;
-        Ok(rows.iter().map(account_status).collect())
-    }
-
-    /// Streams the rows from a task that owns the read's transaction (a stream that borrowed
-    /// it could not be returned); a consumer that stops reading ends the task, and the
-    /// transaction with it. The channel bounds how many rows wait in memory.
-    pub fn export_history(
-        &self,
-        filter: super::HistoryFilter,
-    ) -> BoxStream<'_, Result<HistoryRow, StoreError>> {
-        const ACTION: &str = "reading session_history";
-        let (rows, receiver) = tokio::sync::mpsc::channel(1024);
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let mut tx = match pool.begin().await.doing(ACTION) {
-                Ok(tx) => tx,
-                Err(e) => {
-                    let _ = rows.send(Err(e)).await;
-                    return;
-                }
-            };
-            let mut read = q(EXPORT_SQL)
-                .bind(tz(filter.since))
-                .bind(filter.until.map(tz))
-                .bind(filter.customer)
-                .bind(filter.sub_account)
-                .fetch(&mut *tx);
-            while let Some(row) = read.next().await {
-                let row = row.and_then(|r| history_row(&r)).doing(ACTION);
-                if rows.send(row).await.is_err() {
-                    break;
-                }
-            }
-        });
-        futures_util::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|row| (row, receiver))
-        })
-        .boxed()
-    }
-
-    pub async fn read_report(&self) -> Result<PostgresReportReader, StoreError> {
-        let mut tx = self.pool.begin().await.doing(REPORT_ACTION)?;
-        // One snapshot for every chart of the page; a pooler keeps the transaction on one
-        // server connection, so nothing outlives it.
-        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await
-            .doing(REPORT_ACTION)?;
-        Ok(PostgresReportReader { tx })
-    }
-
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+impl Backend for PostgresStore {
+    type Db = Postgres;
+    type Write = Transaction<'static, Postgres>;
+
+    async fn write(&self, action: &'static str) -> Result<Self::Write, StoreError> {
+        self.pool.begin().await.doing(action)
+    }
+
+    async fn commit(write: Self::Write, action: &'static str) -> Result<(), StoreError> {
+        write.commit().await.doing(action)
+    }
+
+    /// One snapshot for every statement; a pooler keeps the transaction on one server
+    /// connection, so nothing outlives it.
+    async fn read(&self, action: &'static str) -> Result<Self::Write, StoreError> {
+        let mut tx = self.pool.begin().await.doing(action)?;
+        tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .doing(action)?;
+        Ok(tx)
     }
 }
 
@@ -665,30 +523,6 @@ impl PostgresClaim {
     }
 }
 
-async fn finish_unapplied(
-    conn: &mut sqlx::PgConnection,
-    run: RunId,
-    status: RunStatus,
-    finished_at: Timestamp,
-    error: &str,
-    counts: ReadCounts,
-) -> Result<(), StoreError> {
-    q(
-        "UPDATE sync_runs SET status = $1, finished_at = $2, error = $3, rows_read = $4, \
-       rows_rejected = $5 WHERE id = $6 AND status = 'running'",
-    )
-    .bind(status.as_str())
-    .bind(tz(finished_at))
-    .bind(error)
-    .bind(counts.rows_read as i64)
-    .bind(counts.rows_rejected as i64)
-    .bind(run.0)
-    .execute(conn)
-    .await
-    .doing("recording the failure")?;
-    Ok(())
-}
-
 /// One run's snapshot, staged in temporary tables inside the transaction that will apply it
 /// (through a pooler nothing outlives a transaction). Dropping it rolls everything back.
 pub struct PostgresStaging {
@@ -726,14 +560,6 @@ impl PostgresStaging {
         Ok(())
     }
 
-    pub async fn add_rejected(&mut self, rejection: &Rejection) -> Result<(), StoreError> {
-        self.rejected.push(rejection.clone());
-        if self.rejected.len() == REJECT_BATCH_ROWS {
-            self.flush_rejected().await?;
-        }
-        Ok(())
-    }
-
     async fn flush_sessions(&mut self) -> Result<(), StoreError> {
         if self.copy.is_empty() {
             return Ok(());
@@ -760,7 +586,7 @@ impl PostgresStaging {
         Ok(())
     }
 
-    async fn flush_rejected(&mut self) -> Result<(), StoreError> {
+    async fn send_rejected(&mut self) -> Result<(), StoreError> {
         if self.rejected.is_empty() {
             return Ok(());
         }
@@ -790,49 +616,73 @@ impl PostgresStaging {
         self.rejected.clear();
         Ok(())
     }
+}
 
-    /// Applies the snapshot and commits. No statement's plan may cost the square of the
-    /// snapshot, whatever the table statistics say (they lag behind after a first load, a new
-    /// account or a mass closure): the close step may not use a nested loop, the re-open step
-    /// must (driven by the snapshot, probing the primary key), and after an apply that
-    /// changed much the statistics of `sessions` are refreshed at once
-    /// (`super::statistics_may_be_stale`) rather than when autovacuum gets to it.
-    pub async fn apply(mut self, p: ApplyParams) -> Result<ApplyCounts, StoreError> {
+impl Staged for PostgresStaging {
+    fn rejected(&mut self) -> &mut Vec<Rejection> {
+        &mut self.rejected
+    }
+
+    async fn flush_rejected(&mut self) -> Result<(), StoreError> {
+        self.send_rejected().await
+    }
+
+    type Db = Postgres;
+
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// No statement's plan may cost the square of the snapshot, whatever the table
+    /// statistics say (they lag behind after a first load, a new account or a mass closure):
+    /// the close step may not use a nested loop, the steps driven by a few rows must (probing
+    /// the primary key), and after an apply that changed much the statistics of `sessions`
+    /// are refreshed at once rather than when autovacuum gets to it (see `commit`).
+    async fn begin_apply(&mut self, fence: Option<Fence>) -> Result<(), StoreError> {
         self.flush_sessions().await?;
-        self.flush_rejected().await?;
-        let tx = &mut self.tx;
+        self.send_rejected().await?;
         // Temporary tables are never analysed by autovacuum: without statistics the planner
         // would guess their size from their pages.
-        tx.execute("ANALYZE session_sync_staged, session_sync_rejected")
+        self.tx
+            .execute("ANALYZE session_sync_staged, session_sync_rejected")
             .await
             .doing("analysing the staged snapshot")?;
-        if let Some(fence) = p.fence {
+        if let Some(fence) = fence {
             // From here on the transaction holds row locks another run of the account would
             // wait for: if this process stalls, the server ends the transaction once it has
             // been idle as long as the claim's lease, which lapses by then too.
-            tx.execute(&*format!(
-                "SET LOCAL idle_in_transaction_session_timeout = {}",
-                millis(fence.lease)
-            ))
-            .await
-            .doing("opening the apply transaction")?;
-        }
-
-        let now = tz(p.run_started_at);
-        let open_before: i64 =
-            q_scalar("SELECT count(*) FROM sessions WHERE account_id = $1 AND closed_at IS NULL")
-                .bind(p.account.0)
-                .fetch_one(&mut **tx)
+            self.tx
+                .execute(&*format!(
+                    "SET LOCAL idle_in_transaction_session_timeout = {}",
+                    millis(fence.lease)
+                ))
                 .await
-                .doing("counting open sessions")?;
-        // Hash anti-joins: a nested loop over the staged rows per open session is what the
-        // planner picks when it believes the account has next to no open sessions.
-        tx.execute("SET LOCAL enable_nestloop = off")
+                .doing("opening the apply transaction")?;
+        }
+        Ok(())
+    }
+
+    async fn begin_fail(&mut self) -> Result<(), StoreError> {
+        self.send_rejected().await
+    }
+
+    /// Closes as `ended` with a hash anti-join (a nested loop over the staged rows per open
+    /// session is what the planner picks when it believes the account has next to no open
+    /// sessions), collecting what it closed; then the renewed among those: a hash join of
+    /// those just closed with the snapshot (one pass over each), never a probe per closed
+    /// session.
+    async fn close_unlisted(
+        &mut self,
+        account: AccountId,
+        at: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.tx
+            .execute("SET LOCAL enable_nestloop = off")
             .await
             .doing("planning the close step")?;
-        // Closed as 'ended'; those whose number this run lists with a later session become
-        // 'renewed' below.
-        let closed = q("WITH closed AS ( \
+        let closed = Postgres::execute(
+            &mut self.tx,
+            "WITH closed AS ( \
                  UPDATE sessions s SET closed_at = $1, closed_reason = 'ended' \
                  WHERE s.account_id = $2 AND s.closed_at IS NULL AND NOT EXISTS ( \
                      SELECT 1 FROM session_sync_staged t \
@@ -841,176 +691,97 @@ impl PostgresStaging {
                      SELECT 1 FROM session_sync_rejected r WHERE r.listed_source = s.source) \
                  RETURNING s.source, s.session_created_at) \
              INSERT INTO session_sync_closed (source, created_at) \
-             SELECT source, session_created_at FROM closed")
-        .bind(now)
-        .bind(p.account.0)
-        .execute(&mut **tx)
-        .await
-        .doing("closing sessions the snapshot no longer lists")?
-        .rows_affected();
-        p.mass_closure.check(closed, open_before as u64)?;
-        // The renewed among them: a hash join of those just closed with the snapshot (one
-        // pass over each), never a probe per closed session.
-        let renewed = if closed > 0 {
-            q("INSERT INTO session_sync_renewed (source, created_at) \
-               SELECT c.source, c.created_at FROM session_sync_closed c \
-               WHERE EXISTS ( \
-                 SELECT 1 FROM session_sync_staged t \
-                 WHERE t.source = c.source AND t.created_at > c.created_at)")
-            .execute(&mut **tx)
-            .await
-            .doing("telling renewed sessions from ended ones")?
-            .rows_affected()
-        } else {
-            0
-        };
-        let new = q("INSERT INTO sessions \
-                 (account_id, source, session_created_at, expires_at, first_seen_at) \
-             SELECT $1, source, created_at, expires_at, $2 \
-             FROM session_sync_staged \
-             ORDER BY source, created_at \
-             ON CONFLICT DO NOTHING")
-        .bind(p.account.0)
-        .bind(now)
-        .execute(&mut **tx)
-        .await
-        .doing("inserting new sessions")?
-        .rows_affected();
-        let protected: bool = q_scalar(
-            "SELECT EXISTS (SELECT 1 FROM session_sync_rejected WHERE listed_source IS NOT NULL)",
+             SELECT source, session_created_at FROM closed",
+            &[Arg::Time(at), Arg::Int(account.0)],
         )
-        .fetch_one(&mut **tx)
         .await
-        .doing("looking for protected numbers")?;
-        // The steps left are driven by a few rows (the snapshot's, or those just closed), each
-        // probing the primary key, never by the account's closed history, which only grows:
-        // hash and merge joins would scan it.
-        let reopen = super::reopen_may_be_needed(
-            super::staged_rows(&p.counts),
-            new,
-            open_before as u64,
-            closed,
-            protected,
-        );
-        if reopen || renewed > 0 {
-            tx.execute(
+        .doing("closing sessions the snapshot no longer lists")?;
+        if closed == 0 {
+            return Ok(0);
+        }
+        let renewed = Postgres::execute(
+            &mut self.tx,
+            "INSERT INTO session_sync_renewed (source, created_at) \
+             SELECT c.source, c.created_at FROM session_sync_closed c \
+             WHERE EXISTS ( \
+               SELECT 1 FROM session_sync_staged t \
+               WHERE t.source = c.source AND t.created_at > c.created_at)",
+            &[],
+        )
+        .await
+        .doing("telling renewed sessions from ended ones")?;
+        if renewed > 0 {
+            self.probe_by_key("marking renewed sessions").await?;
+            Postgres::execute(
+                &mut self.tx,
+                "UPDATE sessions s SET closed_reason = 'renewed' FROM session_sync_renewed r \
+                 WHERE s.account_id = $1 AND s.source = r.source \
+                   AND s.session_created_at = r.created_at",
+                &[Arg::Int(account.0)],
+            )
+            .await
+            .doing("marking renewed sessions")?;
+        }
+        Ok(closed)
+    }
+
+    async fn reopen_listed(&mut self, account: AccountId) -> Result<u64, StoreError> {
+        self.probe_by_key("planning the re-open step").await?;
+        Postgres::execute(
+            &mut self.tx,
+            "UPDATE sessions s SET closed_at = NULL, closed_reason = NULL \
+             FROM session_sync_staged t \
+             WHERE s.account_id = $1 AND s.closed_at IS NOT NULL \
+               AND s.source = t.source AND s.session_created_at = t.created_at",
+            &[Arg::Int(account.0)],
+        )
+        .await
+        .doing("re-opening sessions listed again")
+    }
+
+    /// Under the claim row's lock until the commit, so nobody can take the account over
+    /// between this check and the commit.
+    async fn fence_holds(&mut self, account: AccountId, fence: Fence) -> Result<bool, StoreError> {
+        let held = Postgres::execute(
+            &mut self.tx,
+            RENEW_SQL,
+            &[
+                Arg::Int(account.0),
+                Arg::Int(fence.term),
+                Arg::Int(millis(fence.lease)),
+            ],
+        )
+        .await
+        .doing("checking the claim on the account")?;
+        Ok(held == 1)
+    }
+
+    async fn commit(self, statistics_stale: bool) -> Result<(), StoreError> {
+        let PostgresStaging { tx, pool, .. } = self;
+        tx.commit().await.doing("committing the snapshot")?;
+        if statistics_stale {
+            refresh_statistics(&pool).await;
+        }
+        Ok(())
+    }
+
+    /// Dropping the transaction rolls it back.
+    async fn abandon(self) {}
+}
+
+impl PostgresStaging {
+    /// The steps driven by a few rows (the snapshot's, or those just closed) each probe the
+    /// primary key, never scan the account's closed history, which only grows: hash and
+    /// merge joins would.
+    async fn probe_by_key(&mut self, action: &'static str) -> Result<(), StoreError> {
+        self.tx
+            .execute(
                 "SET LOCAL enable_nestloop = on; SET LOCAL enable_hashjoin = off; \
                  SET LOCAL enable_mergejoin = off",
             )
             .await
-            .doing("planning the re-open step")?;
-        }
-        let reopened = if reopen {
-            q(
-                "UPDATE sessions s SET closed_at = NULL, closed_reason = NULL \
-               FROM session_sync_staged t \
-               WHERE s.account_id = $1 AND s.closed_at IS NOT NULL \
-                 AND s.source = t.source AND s.session_created_at = t.created_at",
-            )
-            .bind(p.account.0)
-            .execute(&mut **tx)
-            .await
-            .doing("re-opening sessions listed again")?
-            .rows_affected()
-        } else {
-            0
-        };
-        if renewed > 0 {
-            q(
-                "UPDATE sessions s SET closed_reason = 'renewed' FROM session_sync_renewed r \
-               WHERE s.account_id = $1 AND s.source = r.source \
-                 AND s.session_created_at = r.created_at",
-            )
-            .bind(p.account.0)
-            .execute(&mut **tx)
-            .await
-            .doing("marking renewed sessions")?;
-        }
-        q(
-            "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
-           SELECT $1, line_number, raw_record, reason FROM session_sync_rejected \
-           ORDER BY line_number",
-        )
-        .bind(p.run.0)
-        .execute(&mut **tx)
-        .await
-        .doing("recording rejected records")?;
-        let counts = ApplyCounts {
-            sessions_new: new,
-            sessions_reopened: reopened,
-            sessions_closed: closed,
-            sessions_open: (open_before as u64 + new + reopened).saturating_sub(closed),
-        };
-        if let Some(fence) = p.fence {
-            // The fence: under the claim row's lock until the commit, so nobody can take the
-            // account over between this check and the commit.
-            let held = q(RENEW_SQL)
-                .bind(p.account.0)
-                .bind(fence.term)
-                .bind(millis(fence.lease))
-                .execute(&mut **tx)
-                .await
-                .doing("checking the claim on the account")?
-                .rows_affected();
-            if held != 1 {
-                return Err(StoreError::new(
-                    "checking the claim on the account",
-                    Cause::ClaimLost,
-                ));
-            }
-        }
-        let marked = q(
-            "UPDATE sync_runs SET status = 'succeeded', finished_at = $1, rows_read = $2, \
-                 rows_rejected = $3, sessions_new = $4, sessions_reopened = $5, \
-                 sessions_closed = $6, sessions_open = $8, error = NULL \
-             WHERE id = $7 AND status = 'running'",
-        )
-        .bind(tz(p.finished_at))
-        .bind(p.counts.rows_read as i64)
-        .bind(p.counts.rows_rejected as i64)
-        .bind(counts.sessions_new as i64)
-        .bind(counts.sessions_reopened as i64)
-        .bind(counts.sessions_closed as i64)
-        .bind(p.run.0)
-        .bind(counts.sessions_open as i64)
-        .execute(&mut **tx)
-        .await
-        .doing("marking the run succeeded")?
-        .rows_affected();
-        if marked != 1 {
-            return Err(StoreError::wrap(
-                "marking the run succeeded (it is no longer 'running': another process marked it abandoned)",
-            )(sqlx::Error::RowNotFound));
-        }
-        self.tx.commit().await.doing("committing the snapshot")?;
-        if super::statistics_may_be_stale(open_before as u64, &counts) {
-            refresh_statistics(&self.pool).await;
-        }
-        Ok(counts)
-    }
-
-    /// In the staging transaction: stores the rejected records and marks the run `failed`
-    /// (or `abandoned`). No session changes.
-    pub async fn fail(
-        mut self,
-        run: RunId,
-        status: RunStatus,
-        finished_at: Timestamp,
-        error: &str,
-        counts: ReadCounts,
-    ) -> Result<(), StoreError> {
-        self.flush_rejected().await?;
-        q(
-            "INSERT INTO rejected_rows (run_id, line_number, raw_record, reason) \
-           SELECT $1, line_number, raw_record, reason FROM session_sync_rejected \
-           ORDER BY line_number",
-        )
-        .bind(run.0)
-        .execute(&mut *self.tx)
-        .await
-        .doing("recording rejected records")?;
-        finish_unapplied(&mut self.tx, run, status, finished_at, error, counts).await?;
-        self.tx.commit().await.doing("recording the failure")
+            .doing(action)?;
+        Ok(())
     }
 }
 
@@ -1034,432 +805,5 @@ async fn refresh_statistics(pool: &PgPool) {
         Err(e) => {
             tracing::warn!(error = %e, "could not refresh the planner statistics of sessions")
         }
-    }
-}
-
-const REPORT_ACTION: &str = "reading the report's figures";
-
-/// The accounts a report reads, as a condition on `column` (an account id); `$1` and `$2`
-/// are the scope's customer and sub-account. For every account no look-up is made (a hash
-/// join over every session of the period was measured at a fifth of the statement): the
-/// condition names both parameters, always true, and an unnamed statement is planned with
-/// their values, so it folds away. For a customer, a semi-join that lets the planner reach
-/// the account's sessions through the primary key.
-fn scope_sql(scope: ReportScope, column: &str) -> String {
-    if scope.customer.is_none() {
-        "($1::bigint IS NULL AND $2::bigint IS NULL)".to_owned()
-    } else {
-        format!(
-            "{column} IN (SELECT id FROM accounts \
-             WHERE customer_id = $1 AND ($2::bigint IS NULL OR sub_account_id = $2))"
-        )
-    }
-}
-
-/// A timestamp column as local time in a [`TzPiece`] whose offset is `$5` seconds.
-fn local(column: &str) -> String {
-    format!("(({column} AT TIME ZONE 'UTC') + $5::int * interval '1 second')")
-}
-
-/// See `super::ReportReader`. Every statement unnamed ([`q`]) inside the read's transaction.
-pub struct PostgresReportReader {
-    tx: Transaction<'static, Postgres>,
-}
-
-impl PostgresReportReader {
-    pub async fn accounts(&mut self, scope: ReportScope) -> Result<Vec<ReportAccount>, StoreError> {
-        let rows = q(
-            "SELECT id, customer_id, sub_account_id, name FROM accounts \
-             WHERE ($1::bigint IS NULL OR customer_id = $1) \
-               AND ($2::bigint IS NULL OR sub_account_id = $2) \
-             ORDER BY customer_id, sub_account_id IS NOT NULL, sub_account_id",
-        )
-        .bind(scope.customer)
-        .bind(scope.sub_account)
-        .fetch_all(&mut *self.tx)
-        .await
-        .doing(REPORT_ACTION)?;
-        Ok(rows
-            .iter()
-            .map(|r| ReportAccount {
-                id: AccountId(r.get(0)),
-                customer_id: r.get(1),
-                sub_account_id: r.get(2),
-                name: r.get(3),
-            })
-            .collect())
-    }
-
-    pub async fn statuses(&mut self) -> Result<Vec<AccountStatus>, StoreError> {
-        // No `now`: the recent figures are `status`'s, not the report's.
-        let none = None::<chrono::DateTime<chrono::Utc>>;
-        let rows = q(ACCOUNT_STATUS_SQL)
-            .bind(none)
-            .bind(none)
-            .bind(none)
-            .bind(none)
-            .fetch_all(&mut *self.tx)
-            .await
-            .doing(REPORT_ACTION)?;
-        Ok(rows.iter().map(account_status).collect())
-    }
-
-    /// One pass for the days and the hours (see `ReportReader::opened`); the local hour
-    /// from the epoch's seconds, which costs less per row than the zone conversion of the
-    /// analysts' recipes. One statement with GROUPING SETS for these and the lifetimes was
-    /// measured slower: the planner, unable to guess how few groups there are, sorted the
-    /// period's sessions, spilling to disk.
-    pub async fn opened(
-        &mut self,
-        scope: ReportScope,
-        piece: TzPiece,
-        each: &mut (dyn FnMut(Counted) + Send),
-    ) -> Result<(), StoreError> {
-        let only = scope_sql(scope, "account_id");
-        let sql = format!(
-            "SELECT account_id, \
-                 floor((date_part('epoch', session_created_at) + $5::int) / 3600)::bigint \
-                     AS hour, \
-                 count(*) \
-             FROM sessions \
-             WHERE session_created_at >= $3 AND session_created_at < $4 AND {only} \
-             GROUP BY account_id, hour"
-        );
-        let mut rows = q(&sql)
-            .bind(scope.customer)
-            .bind(scope.sub_account)
-            .bind(tz(piece.from))
-            .bind(tz(piece.to))
-            .bind(piece.offset_secs)
-            .fetch(&mut *self.tx);
-        while let Some(r) = rows.next().await {
-            let r = r.doing(REPORT_ACTION)?;
-            each(Counted {
-                account: AccountId(r.get(0)),
-                key: r.get(1),
-                count: r.get(2),
-            });
-        }
-        Ok(())
-    }
-
-    pub async fn conversations_started(
-        &mut self,
-        scope: ReportScope,
-        piece: TzPiece,
-        lookback_from: Timestamp,
-        each: &mut (dyn FnMut(Counted) + Send),
-    ) -> Result<(), StoreError> {
-        let only = scope_sql(scope, "account_id");
-        let sql = format!(
-            "SELECT account_id, \
-                 floor((date_part('epoch', session_created_at) + $5::int) / 3600)::bigint \
-                     AS hour, \
-                 count(*) \
-             FROM ( \
-                 SELECT account_id, session_created_at, \
-                     lag(expires_at) OVER (PARTITION BY account_id, source \
-                                           ORDER BY session_created_at) AS previous_expires \
-                 FROM sessions \
-                 WHERE session_created_at >= $6 AND session_created_at < $4 AND {only} \
-             ) s \
-             WHERE session_created_at >= $3 \
-               AND (previous_expires IS NULL OR session_created_at >= previous_expires) \
-             GROUP BY account_id, hour"
-        );
-        let mut rows = q(&sql)
-            .bind(scope.customer)
-            .bind(scope.sub_account)
-            .bind(tz(piece.from))
-            .bind(tz(piece.to))
-            .bind(piece.offset_secs)
-            .bind(tz(lookback_from))
-            .fetch(&mut *self.tx);
-        while let Some(r) = rows.next().await {
-            let r = r.doing(REPORT_ACTION)?;
-            each(Counted {
-                account: AccountId(r.get(0)),
-                key: r.get(1),
-                count: r.get(2),
-            });
-        }
-        Ok(())
-    }
-
-    /// The analysts' recipe "How long do sessions stay listed", kept within 0 to 24 (a
-    /// vendor's clock ahead of ours can put closed_at a little before the creation). The
-    /// interval's epoch is exact, so a lifetime of exactly an hour is one hour.
-    pub async fn lifetimes(
-        &mut self,
-        scope: ReportScope,
-        piece: TzPiece,
-    ) -> Result<Vec<Lifetime>, StoreError> {
-        let only = scope_sql(scope, "account_id");
-        let sql = format!(
-            "SELECT account_id, \
-                 greatest(least(floor(date_part('epoch', closed_at - session_created_at) \
-                                      / 3600), 24), 0)::bigint AS hours, \
-                 coalesce(closed_reason = 'renewed', false) AS renewed, \
-                 count(*) \
-             FROM sessions \
-             WHERE session_created_at >= $3 AND session_created_at < $4 \
-               AND closed_at IS NOT NULL AND {only} \
-             GROUP BY account_id, hours, renewed"
-        );
-        let rows = q(&sql)
-            .bind(scope.customer)
-            .bind(scope.sub_account)
-            .bind(tz(piece.from))
-            .bind(tz(piece.to))
-            .fetch_all(&mut *self.tx)
-            .await
-            .doing(REPORT_ACTION)?;
-        Ok(rows
-            .iter()
-            .map(|r| Lifetime {
-                account: AccountId(r.get(0)),
-                hours: r.get(1),
-                renewed: r.get(2),
-                count: r.get(3),
-            })
-            .collect())
-    }
-
-    pub async fn runs_per_day(
-        &mut self,
-        scope: ReportScope,
-        piece: TzPiece,
-    ) -> Result<Vec<RunsOfDay>, StoreError> {
-        let only = scope_sql(scope, "account_id");
-        let sql = format!(
-            "SELECT account_id, ({}::date - date '1970-01-01')::bigint AS day, \
-                 count(*) FILTER (WHERE status = 'succeeded'), \
-                 count(*) FILTER (WHERE status = 'failed'), \
-                 count(*) FILTER (WHERE status = 'abandoned'), \
-                 sum(rows_rejected)::bigint \
-             FROM sync_runs \
-             WHERE started_at >= $3 AND started_at < $4 AND status <> 'running' AND {only} \
-             GROUP BY account_id, day",
-            local("started_at")
-        );
-        let rows = q(&sql)
-            .bind(scope.customer)
-            .bind(scope.sub_account)
-            .bind(tz(piece.from))
-            .bind(tz(piece.to))
-            .bind(piece.offset_secs)
-            .fetch_all(&mut *self.tx)
-            .await
-            .doing(REPORT_ACTION)?;
-        Ok(rows
-            .iter()
-            .map(|r| RunsOfDay {
-                account: AccountId(r.get(0)),
-                day: r.get(1),
-                succeeded: r.get(2),
-                failed: r.get(3),
-                abandoned: r.get(4),
-                rows_rejected: r.get(5),
-            })
-            .collect())
-    }
-
-    pub async fn most_polls(
-        &mut self,
-        scope: ReportScope,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> Result<i64, StoreError> {
-        let only = scope_sql(scope, "account_id");
-        let sql = format!(
-            "SELECT coalesce(max(polls), 0)::bigint FROM ( \
-                 SELECT count(*) AS polls FROM sync_runs \
-                 WHERE status = 'succeeded' AND sessions_open IS NOT NULL \
-                   AND started_at >= $3 AND started_at < $4 AND {only} \
-                 GROUP BY account_id) p"
-        );
-        q_scalar(&sql)
-            .bind(scope.customer)
-            .bind(scope.sub_account)
-            .bind(tz(from))
-            .bind(tz(to))
-            .fetch_one(&mut *self.tx)
-            .await
-            .doing(REPORT_ACTION)
-    }
-
-    pub async fn open_points(
-        &mut self,
-        scope: ReportScope,
-        from: Timestamp,
-        to: Timestamp,
-        step: Option<i64>,
-    ) -> Result<Vec<OpenPoint>, StoreError> {
-        let only = scope_sql(scope, "account_id");
-        let filter = format!(
-            "status = 'succeeded' AND sessions_open IS NOT NULL \
-             AND started_at >= $3 AND started_at < $4 AND {only}"
-        );
-        let sql = match step {
-            None => format!(
-                "SELECT account_id, started_at, sessions_open FROM sync_runs WHERE {filter} \
-                 ORDER BY account_id, started_at, id"
-            ),
-            // Each step's last run: steps of $6 seconds from $5 (whole seconds).
-            Some(_) => format!(
-                "SELECT account_id, started_at, sessions_open FROM ( \
-                     SELECT DISTINCT ON (account_id, step) account_id, started_at, \
-                            sessions_open \
-                     FROM (SELECT account_id, started_at, sessions_open, id, \
-                                  floor((date_part('epoch', started_at) - $5::bigint) \
-                                        / $6::bigint) AS step \
-                           FROM sync_runs WHERE {filter}) r \
-                     ORDER BY account_id, step, started_at DESC, id DESC) s \
-                 ORDER BY account_id, started_at"
-            ),
-        };
-        let mut query = q(&sql)
-            .bind(scope.customer)
-            .bind(scope.sub_account)
-            .bind(tz(from))
-            .bind(tz(to));
-        if let Some(step) = step {
-            query = query.bind(from.as_millis().div_euclid(1000)).bind(step);
-        }
-        let rows = query.fetch_all(&mut *self.tx).await.doing(REPORT_ACTION)?;
-        open_points(&rows)
-    }
-
-    pub async fn open_before(
-        &mut self,
-        scope: ReportScope,
-        before: Timestamp,
-    ) -> Result<Vec<OpenPoint>, StoreError> {
-        let rows = q(
-            "SELECT a.id, r.started_at, r.sessions_open FROM accounts a \
-             CROSS JOIN LATERAL ( \
-                 SELECT started_at, sessions_open FROM sync_runs \
-                 WHERE account_id = a.id AND status = 'succeeded' AND started_at < $3 \
-                 ORDER BY started_at DESC, id DESC LIMIT 1) r \
-             WHERE ($1::bigint IS NULL OR a.customer_id = $1) \
-               AND ($2::bigint IS NULL OR a.sub_account_id = $2) \
-               AND r.sessions_open IS NOT NULL",
-        )
-        .bind(scope.customer)
-        .bind(scope.sub_account)
-        .bind(tz(before))
-        .fetch_all(&mut *self.tx)
-        .await
-        .doing(REPORT_ACTION)?;
-        open_points(&rows)
-    }
-
-    pub async fn failures(
-        &mut self,
-        scope: ReportScope,
-        from: Timestamp,
-        to: Timestamp,
-        limit: i64,
-    ) -> Result<Vec<FailedRunRow>, StoreError> {
-        let only = scope_sql(scope, "account_id");
-        let sql = format!(
-            "SELECT account_id, started_at, status, error FROM sync_runs \
-             WHERE status IN ('failed', 'abandoned') AND started_at >= $3 AND started_at < $4 \
-               AND {only} \
-             ORDER BY started_at DESC, id DESC LIMIT $5"
-        );
-        let rows = q(&sql)
-            .bind(scope.customer)
-            .bind(scope.sub_account)
-            .bind(tz(from))
-            .bind(tz(to))
-            .bind(limit)
-            .fetch_all(&mut *self.tx)
-            .await
-            .doing(REPORT_ACTION)?;
-        rows.iter()
-            .map(|r| {
-                Ok(FailedRunRow {
-                    account: AccountId(r.try_get(0)?),
-                    started_at: ts_req(r, 1)?,
-                    status: r.try_get(2)?,
-                    error: r.try_get(3)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .doing(REPORT_ACTION)
-    }
-
-    pub async fn rejected_by_reason(
-        &mut self,
-        scope: ReportScope,
-        from: Timestamp,
-        to: Timestamp,
-    ) -> Result<Vec<RejectedReason>, StoreError> {
-        let only_runs = scope_sql(scope, "r.account_id");
-        let sql = format!(
-            "SELECT r.account_id, j.reason, count(*) FROM rejected_rows j \
-             JOIN sync_runs r ON r.id = j.run_id \
-             WHERE r.started_at >= $3 AND r.started_at < $4 AND {only_runs} \
-             GROUP BY r.account_id, j.reason \
-             ORDER BY r.account_id, count(*) DESC, j.reason"
-        );
-        let rows = q(&sql)
-            .bind(scope.customer)
-            .bind(scope.sub_account)
-            .bind(tz(from))
-            .bind(tz(to))
-            .fetch_all(&mut *self.tx)
-            .await
-            .doing(REPORT_ACTION)?;
-        Ok(rows
-            .iter()
-            .map(|r| RejectedReason {
-                account: AccountId(r.get(0)),
-                reason: r.get(1),
-                count: r.get(2),
-            })
-            .collect())
-    }
-
-    pub async fn finish(self) -> Result<(), StoreError> {
-        self.tx.commit().await.doing(REPORT_ACTION)
-    }
-}
-
-fn open_points(rows: &[PgRow]) -> Result<Vec<OpenPoint>, StoreError> {
-    rows.iter()
-        .map(|r| {
-            Ok(OpenPoint {
-                account: AccountId(r.try_get(0)?),
-                at: ts_req(r, 1)?,
-                open: r.try_get(2)?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .doing(REPORT_ACTION)
-}
-
-/// One row of `ACCOUNT_STATUS_SQL`, for `status` and the report alike.
-fn account_status(r: &PgRow) -> AccountStatus {
-    AccountStatus {
-        customer_id: r.get(0),
-        sub_account_id: r.get(1),
-        name: r.get(2),
-        last_run: ts_at(r, 3).map(|finished_at| FinishedRun {
-            finished_at,
-            status: r.get(4),
-            error: r.get(5),
-        }),
-        last_success: ts_at(r, 6),
-        open_sessions: r.get(7),
-        recent: r.get::<bool, _>(8).then(|| super::RecentFigures {
-            opened_24h: r.get(9),
-            expiring_1h: r.get(10),
-            expired_7d: r.get(11),
-            listed_past_expiry_7d: r.get(12),
-            closed_7d: r.get(13),
-            renewed_7d: r.get(14),
-        }),
     }
 }

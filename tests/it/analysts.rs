@@ -233,7 +233,7 @@ fn csv(sessions: &[(&str, &str)], bad: &[&str]) -> Vec<u8> {
 }
 
 /// Moves each run (in id order) onto its planned start, with the session times it wrote.
-async fn move_runs_onto_the_plan(db: &TestDb, planned: &[&str]) {
+pub(crate) async fn move_runs_onto_the_plan(db: &TestDb, planned: &[&str]) {
     let ids = db.rows("SELECT id FROM sync_runs ORDER BY id").await;
     assert_eq!(ids.len(), planned.len());
     for (id, at) in ids.iter().zip(planned) {
@@ -487,7 +487,7 @@ fn expected_answers() -> Vec<(&'static str, Vec<Vec<&'static str>>)> {
 
 /// Runs a recipe and renders its answer as text (see [`expected_answers`]). PostgreSQL runs
 /// it in a client set to São Paulo time, so a recipe that forgot to say UTC shows.
-async fn answer(db: &TestDb, sql: &str) -> Vec<Vec<String>> {
+pub(crate) async fn answer(db: &TestDb, sql: &str) -> Vec<Vec<String>> {
     match db.backend {
         Backend::Sqlite => db
             .rows(sql)

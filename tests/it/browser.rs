@@ -5,7 +5,8 @@
 //! Content-Security-Policy violation), every request the page makes, and the tables of the
 //! page as rendered.
 //!
-//! Under `CI=true` a missing chromium fails the test; elsewhere the test is skipped, saying so.
+//! Under `CI=true` a missing chromium fails the test; elsewhere the test is skipped, and counted
+//! in the run's `skipped N tests` line (see `helpers::skip`).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -57,7 +58,9 @@ pub fn available() -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("CI=true but {CHROMIUM} is missing: .ci/run installs Debian's chromium");
     }
-    eprintln!("skipping a browser test: {CHROMIUM} is missing (apt-get install chromium)");
+    crate::helpers::skip(&format!(
+        "{CHROMIUM} is missing for the browser tests (apt-get install chromium)"
+    ));
     false
 }
 

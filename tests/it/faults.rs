@@ -37,6 +37,13 @@ async fn a_refused_connection_is_retried_then_fails_saying_so(backend: Backend) 
     assert_eq!(err.step, Step::RequestLink);
     assert!(err.cause.contains("could not connect"), "{err}");
     assert_eq!(h.db.runs().await[0].status, "failed");
+    // Retried: every attempt the configuration allows (max_attempts = 3) went out and got no
+    // answer. Nothing listens, so the fake vendor cannot count them; the metrics do.
+    let attempts = crate::metrics::sample(
+        &h.ctx.metrics.encode(),
+        r#"session_sync_http_requests_total{request="session_link",outcome="error"}"#,
+    );
+    assert_eq!(attempts, Some(3.0), "refused attempts");
 }
 
 async fn retry_after_as_an_http_date_is_honoured_up_to_the_configured_cap(backend: Backend) {
@@ -104,7 +111,7 @@ async fn a_full_disk_fails_the_run_and_says_so() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("skipping the disk-full test: cannot mount a small tmpfs here (needs root)");
+        crate::helpers::skip("the disk-full test cannot mount a small tmpfs here (it needs root)");
         return;
     }
     let result = std::panic::AssertUnwindSafe(async {

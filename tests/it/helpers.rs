@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use session_sync::config::{Config, NoEnv};
+use session_sync::config::{Config, NoEnv, VendorConfig};
 use session_sync::simulator::SimulatedVendor;
 use session_sync::sync::{sync_account, Account, RunReport, SyncContext, SyncError};
 use sqlx::Row;
@@ -54,8 +54,13 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
-/// Whether PostgreSQL tests can run. Under `CI=true` a missing server (or a missing PgBouncer
-/// in front of it) is a failure, not a skip.
+/// Set to `1` by whoever runs the tests to skip the PostgreSQL tests when no server is named
+/// by [`PG_ENV`]; without it they fail instead, so that no run passes them by accident.
+pub const SKIP_PG_ENV: &str = "SESSION_SYNC_TEST_SKIP_POSTGRES";
+
+/// Whether PostgreSQL tests can run. Without a server a PostgreSQL test fails, unless
+/// [`SKIP_PG_ENV`]`=1` asked to skip it: then it is counted as skipped (see [`skip`]). Under
+/// `CI=true` a missing server (or a missing PgBouncer in front of it) is always a failure.
 pub fn postgres_available() -> bool {
     if env(PG_ENV).is_some() {
         if in_ci() && env(PGBOUNCER_ENV).is_none() {
@@ -66,11 +71,75 @@ pub fn postgres_available() -> bool {
     if in_ci() {
         panic!("CI=true but {PG_ENV} is not set: the PostgreSQL tests must run in CI (use scripts/test)");
     }
-    eprintln!("skipping a PostgreSQL test: {PG_ENV} is not set (scripts/test starts a server)");
+    if env(SKIP_PG_ENV).as_deref() != Some("1") {
+        panic!(
+            "no PostgreSQL server for this test: {PG_ENV} is not set. Run the tests with \
+             scripts/test (it starts a throwaway server), name a server of your own in {PG_ENV}, \
+             or set {SKIP_PG_ENV}=1 to skip the PostgreSQL tests (each run then says how many \
+             did not run)"
+        );
+    }
+    skip(&format!(
+        "no PostgreSQL server, and {SKIP_PG_ENV}=1 asked to skip"
+    ));
     false
 }
 
-/// A fresh, empty database.
+/// The tests of this binary that did not run, as (why, test name).
+static SKIPPED: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records that the running test does not run, and why (saying what would make it run); the
+/// caller then returns. libtest has no outcome for a test that decides at run time not to
+/// run, so it reports such a test as passed: [`report_skipped`] says at the end of the run
+/// how many did not run.
+pub fn skip(why: &str) {
+    // libtest names each test's thread after the test.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test").to_owned();
+    eprintln!("skipping {test}: {why}");
+    SKIPPED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((why.to_owned(), test));
+}
+
+/// Runs [`report_skipped`] when the test binary exits, however it exits (libtest returns from
+/// `main` when every test passed and calls `exit(101)` otherwise; both run `.fini_array`).
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".fini_array"]
+static REPORT_SKIPPED_AT_EXIT: extern "C" fn() = report_skipped;
+
+/// Prints, after libtest's own summary, one line per reason a test did not run:
+/// `skipped N tests: why: names`. scripts/test sums these lines into its last one.
+extern "C" fn report_skipped() {
+    let skipped = std::mem::take(
+        &mut *SKIPPED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    let mut by_reason: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (why, test) in skipped {
+        by_reason.entry(why).or_default().push(test);
+    }
+    let mut out = String::new();
+    for (why, mut tests) in by_reason {
+        tests.sort();
+        let n = tests.len();
+        let names = if n <= 5 {
+            tests.join(", ")
+        } else {
+            format!("{}, and {} more", tests[..3].join(", "), n - 3)
+        };
+        let plural = if n == 1 { "" } else { "s" };
+        out.push_str(&format!("skipped {n} test{plural}: {why}: {names}\n"));
+    }
+    // An error writing to stderr at exit has nowhere to go.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), out.as_bytes());
+}
+
+/// A fresh, empty database. One made on PostgreSQL is dropped when this is, also when its
+/// test fails, so that runs against a server of one's own do not pile databases up.
 pub struct TestDb {
     pub backend: Backend,
     /// What session-sync is given: on PostgreSQL, through PgBouncer when there is one.
@@ -78,6 +147,8 @@ pub struct TestDb {
     /// The server itself, for the tests' own reads and for what a pooler cannot do.
     pub direct_url: String,
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database this made, and the server URL to drop it through.
+    made: Option<(String, String)>,
 }
 
 impl TestDb {
@@ -91,6 +162,7 @@ impl TestDb {
                     direct_url: url.clone(),
                     url,
                     _dir: Some(dir),
+                    made: None,
                 }
             }
             Backend::Postgres => {
@@ -113,6 +185,7 @@ impl TestDb {
                     url: on(&env(PGBOUNCER_ENV).unwrap_or_else(|| admin.clone())),
                     direct_url: on(&admin),
                     _dir: None,
+                    made: Some((name, admin)),
                 }
             }
         }
@@ -130,6 +203,7 @@ impl TestDb {
             url: url.to_owned(),
             direct_url: url.to_owned(),
             _dir: None,
+            made: None,
         }
     }
 
@@ -274,6 +348,36 @@ impl TestDb {
     }
 }
 
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((name, admin)) = self.made.take() else {
+            return;
+        };
+        // A drop runs inside the test's runtime, which cannot block on a future, and may run
+        // while a failed test unwinds: the statement gets a thread and a runtime of its own.
+        // FORCE ends what is still connected (a pool, PgBouncer's server connections).
+        let dropped = std::thread::spawn(move || -> Result<(), sqlx::Error> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                sqlx::Connection::close(conn).await
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            // Not a panic: it could hide the test's own failure, or abort an unwinding one.
+            Ok(Err(e)) => eprintln!("could not drop a test database: {e}"),
+            Err(_) => eprintln!("could not drop a test database: its thread panicked"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
     pub customer_id: i64,
@@ -328,7 +432,7 @@ max_retry_wait_secs = 5
 pub struct Harness {
     pub vendor: SimulatedVendor,
     pub db: TestDb,
-    pub config: Config,
+    pub config: VendorConfig,
     pub ctx: SyncContext,
     pub accounts: Vec<Account>,
 }

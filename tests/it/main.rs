@@ -31,5 +31,6 @@ mod renewals;
 mod report;
 mod request;
 mod status;
+mod story;
 mod systemd;
 mod tls;

@@ -37,7 +37,8 @@ async fn scrape(listen: &str) -> String {
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
+/// The value of one series in the metrics text.
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         let value = line.strip_prefix(series)?.strip_prefix(' ')?;
         Some(value.split(' ').next()?.parse().unwrap())

@@ -1,6 +1,8 @@
 //! The example queries in README.md run, on the backend they are written for, against a
-//! database filled by real syncs, so the README cannot drift from the schema.
+//! database filled by real syncs, and give the answers worked out here by hand, so the README
+//! cannot drift from the schema nor from what its queries say they count.
 
+use crate::analysts::{answer, move_runs_onto_the_plan};
 use crate::helpers::{sessions, Backend, Harness};
 use crate::on_both_backends;
 
@@ -33,32 +35,46 @@ fn readme_queries(backend: Backend) -> Vec<String> {
     out
 }
 
-async fn readme_example_queries_run_and_answer(backend: Backend) {
+async fn readme_example_queries_give_the_answers_they_promise(backend: Backend) {
     let h = Harness::new(backend).await;
+    // Two sessions, created on two UTC days (the second in the evening of the 20th in
+    // São Paulo, where the PostgreSQL answers are read: a day that is not UTC's shows). The
+    // first is listed by the first run only, and so ends.
     h.vendor.set_sessions(
         (42, None),
         &sessions(&[
             ("5519900000001", "2026-11-20T10:00:00Z"),
-            ("5519900000002", "2026-11-21T10:00:00Z"),
+            ("5519900000002", "2026-11-21T00:30:00Z"),
         ]),
     );
     h.sync(0).await.unwrap();
     h.vendor.set_sessions(
         (42, None),
-        &sessions(&[("5519900000002", "2026-11-21T10:00:00Z")]),
+        &sessions(&[("5519900000002", "2026-11-21T00:30:00Z")]),
     );
     h.sync(0).await.unwrap();
+    move_runs_onto_the_plan(
+        &h.db,
+        &["2026-11-21T01:00:00.000Z", "2026-11-21T03:00:00.000Z"],
+    )
+    .await;
+    let expected: [&[&[&str]]; 3] = [
+        // Open sessions now, per account: the second.
+        &[&["42", "NULL", "acme-br", "1"]],
+        // Sessions opened per (UTC) day.
+        &[
+            &["acme-br", "2026-11-20", "1"],
+            &["acme-br", "2026-11-21", "1"],
+        ],
+        // The first was last seen by the first run, 15 hours after its creation, and closed
+        // by the second, before its 24-hour window ended.
+        &[&["acme-br", "15", "1"]],
+    ];
     let queries = readme_queries(backend);
-    assert_eq!(queries.len(), 3, "{queries:#?}");
-    for sql in queries {
-        // Counting the answer's rows runs the query without decoding its column types.
-        let counted = format!(
-            "SELECT count(*) FROM ({}) AS answer",
-            sql.trim_end_matches(';')
-        );
-        let rows = h.db.rows(&counted).await;
-        assert_ne!(rows[0][0].as_deref(), Some("0"), "no answer from: {sql}");
+    assert_eq!(queries.len(), expected.len(), "{queries:#?}");
+    for (sql, expected) in queries.iter().zip(expected) {
+        assert_eq!(answer(&h.db, sql).await, expected, "{backend:?}: {sql}");
     }
 }
 
-on_both_backends!(readme_example_queries_run_and_answer);
+on_both_backends!(readme_example_queries_give_the_answers_they_promise);
