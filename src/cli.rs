@@ -11,10 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use futures_util::StreamExt;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Loaded, ProcessEnv, VendorConfig};
+use crate::sync::Ending;
 use crate::telemetry::LogFormat;
 
 /// Keeps the history of WhatsApp customer-service sessions in SQLite or PostgreSQL.
@@ -273,21 +272,12 @@ pub async fn execute(command: Command) -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let shutdown = crate::daemon::shutdown_signal();
-            crate::daemon::refuse_reload();
-            tokio::pin!(shutdown);
-            let store = match crate::startup::open_store_patiently(&config, shutdown.as_mut()).await
-            {
-                Ok(Some(store)) => store,
-                Ok(None) => return ExitCode::SUCCESS, // stopped while waiting
-                Err(e) => return fatal(e),
+            let ran = match crate::daemon::Daemon::build(config).await {
+                Ok(Some(daemon)) => daemon.run_until_stopped().await,
+                Ok(None) => Ok(()), // stopped while waiting for the database
+                Err(e) => Err(e),
             };
-            let (ctx, accounts) = match crate::startup::prepare_with(&config, store).await {
-                Ok(prepared) => prepared,
-                Err(e) => return fatal(e),
-            };
-            tracing::info!(accounts = accounts.len(), database = %config.database_url, "session-sync starting");
-            match crate::daemon::run(&config, ctx, accounts, shutdown).await {
+            match ran {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fatal(e),
             }
@@ -310,42 +300,35 @@ async fn sync_once(args: SyncArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let wanted: Vec<(i64, Option<i64>)> = config
-        .select_accounts(args.customer, args.sub_account)
-        .iter()
-        .map(|a| (a.customer_id, a.sub_account_id))
-        .collect();
+    let wanted = config.select_accounts(args.customer, args.sub_account);
     if wanted.is_empty() {
         eprintln!("error: no configured account matches the --customer / --sub-account given");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let (ctx, mut accounts) = match crate::startup::prepare(&config).await {
-        Ok(prepared) => prepared,
+    let results = match crate::sync::sync_once(&config, &wanted).await {
+        Ok(results) => results,
         Err(e) => return fatal(e),
     };
-    accounts.retain(|a| wanted.contains(&(a.config.customer_id, a.config.sub_account_id)));
-    let never = CancellationToken::new();
-    let results: Vec<_> = futures_util::stream::iter(&accounts)
-        .map(|account| crate::sync::sync_account(&ctx, account, &never))
-        .buffered(config.schedule.max_concurrent)
-        .collect()
-        .await;
-    ctx.store.close().await;
     let mut failed = false;
     // A closed stdout (`sync | head -1`) is no reason to panic.
     let mut out = std::io::stdout().lock();
     for result in results {
         let _ = match result {
             Ok(report) => writeln!(out, "{report}"),
-            Err(e) if e.is_skip() => writeln!(out, "{}: skipped: {}", e.account, e.cause),
             Err(e) => {
-                // An abandoned run did not sync either: for a one-shot sync that is a failure.
-                failed = true;
-                let ending = match e.ending {
-                    crate::sync::Ending::Abandoned => "ABANDONED",
-                    _ => "FAILED",
+                let failure = match e.ending {
+                    Ending::Skipped => None,
+                    Ending::Failed => Some("FAILED"),
+                    // An abandoned run did not sync either: for a one-shot sync, a failure.
+                    Ending::Abandoned => Some("ABANDONED"),
                 };
-                writeln!(out, "{}: {ending}: {}: {}", e.account, e.step, e.cause)
+                match failure {
+                    None => writeln!(out, "{}: skipped: {}", e.account, e.cause),
+                    Some(ending) => {
+                        failed = true;
+                        writeln!(out, "{}: {ending}: {}: {}", e.account, e.step, e.cause)
+                    }
+                }
             }
         };
     }

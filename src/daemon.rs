@@ -14,9 +14,12 @@
 //!   `WATCHDOG=1` from a job of the scheduler (see [`crate::systemd`]).
 //!
 //! There is no reload: SIGHUP is answered with a warning to restart instead (see
-//! [`refuse_reload`]).
+//! `refuse_reload`).
+//!
+//! Start-up comes first, in [`Daemon::build`]; then [`Daemon::run_until_stopped`].
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, Semaphore};
@@ -25,8 +28,88 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::VendorConfig;
+use crate::store::{Store, StoreError};
 use crate::sync::{sync_account_for_tick, Account, SyncContext};
 use crate::timestamp::Timestamp;
+
+/// The daemon, started: stop signals listened for, the database reached and migrated, the
+/// accounts registered. Nothing is scheduled until [`Daemon::run_until_stopped`].
+pub struct Daemon {
+    config: VendorConfig,
+    ctx: SyncContext,
+    accounts: Vec<Account>,
+    shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Daemon {
+    /// The daemon's start-up, in this order:
+    /// 1. listen for SIGTERM/SIGINT, so that a stop during start-up is neither lost nor
+    ///    fatal, and answer SIGHUP with a warning (`refuse_reload`);
+    /// 2. wait for the database while it cannot be reached, then migrate it
+    ///    (`open_store_patiently`);
+    /// 3. register the configured accounts.
+    ///
+    /// `Ok(None)` when a stop signal came while waiting for the database.
+    pub async fn build(config: VendorConfig) -> anyhow::Result<Option<Daemon>> {
+        let mut shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown_signal());
+        refuse_reload();
+        let Some(store) = open_store_patiently(&config, shutdown.as_mut()).await? else {
+            return Ok(None);
+        };
+        let (ctx, accounts) = crate::startup::prepare_with(&config, store).await?;
+        tracing::info!(accounts = accounts.len(), database = %config.database_url, "session-sync starting");
+        Ok(Some(Daemon {
+            config,
+            ctx,
+            accounts,
+            shutdown,
+        }))
+    }
+
+    /// Serves the metrics and the live report (if `[metrics] listen` is set), starts the
+    /// schedule, tells systemd it is ready, and runs until SIGTERM/SIGINT; then drains (see
+    /// [`run`]).
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        run(&self.config, self.ctx, self.accounts, self.shutdown).await
+    }
+}
+
+/// Like [`crate::startup::open_store`], but while the database cannot be reached at all
+/// (PostgreSQL still starting, a network outage), retries with a doubling wait (1 s to 60 s),
+/// saying so at WARN and in systemd's status line, until it can or `stop` completes (then
+/// `None`, even mid-attempt: a migration cut short rolls back). Anything else fails at once.
+///
+/// It does not extend systemd's start timeout: after `TimeoutStartSec=` systemd gives up on
+/// this start, so a database that stays down never holds up boot, and `Restart=` tries again.
+async fn open_store_patiently<A>(
+    config: &crate::config::Config<A>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Option<Store>> {
+    tokio::pin!(stop);
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        let attempt = tokio::select! {
+            attempt = crate::startup::open_store(config) => attempt,
+            () = &mut stop => return Ok(None),
+        };
+        match attempt {
+            Ok(store) => return Ok(Some(store)),
+            Err(e)
+                if e.downcast_ref::<StoreError>()
+                    .is_some_and(StoreError::is_unreachable) =>
+            {
+                tracing::warn!(error = %crate::redact::chain(e.as_ref()), retry_in_secs = wait.as_secs(), "database unreachable; retrying");
+                crate::systemd::waiting_for_database();
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = &mut stop => return Ok(None),
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// Runs the schedule until `shutdown` completes, then drains. Returns an error only when the
 /// metrics endpoint cannot be bound or the scheduler cannot be set up.
@@ -224,7 +307,7 @@ async fn seed_metrics(ctx: &SyncContext, accounts: &[Account]) {
 
 /// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, not when
 /// the future is first polled, so a signal during start-up is not lost (nor fatal).
-pub fn shutdown_signal() -> impl Future<Output = ()> {
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
@@ -249,7 +332,7 @@ pub fn shutdown_signal() -> impl Future<Output = ()> {
 /// would be (running syncs get the shutdown grace period; all state is in the database), and
 /// it is the only way to pick up a rotated token, since systemd hands `LoadCredential=`
 /// files over at start only. Installs the handler at once; listens in a background task.
-pub fn refuse_reload() {
+fn refuse_reload() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::hangup()) {
         Ok(mut hup) => {

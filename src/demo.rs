@@ -26,6 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
+use crate::account::AccountLabel;
 use crate::config::{NoEnv, VendorConfig};
 use crate::simulator::{AccountKey, ApiFault, CdnFault, SimulatedVendor};
 use crate::sync::sync_account;
@@ -283,15 +284,10 @@ pub async fn run(database: &Path, replace: bool) -> anyhow::Result<()> {
         "account", "open", "closed", "runs ok", "failed"
     );
     for s in ctx.store.account_summaries().await? {
-        let label = match s.sub_account_id {
-            Some(sub) => format!(
-                "{} / {} ({})",
-                s.customer_id,
-                sub,
-                s.name.unwrap_or_default()
-            ),
-            None => format!("{} ({})", s.customer_id, s.name.unwrap_or_default()),
-        };
+        let label = format!(
+            "{:#}",
+            AccountLabel::new(s.customer_id, s.sub_account_id, s.name)
+        );
         println!(
             "  {:<26} {:>6} {:>7} {:>10} {:>7}",
             label, s.sessions_open, s.sessions_closed, s.runs_succeeded, s.runs_failed

@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::account::AccountLabel;
 use crate::config::Config;
 use crate::store::{HistoryFilter, HistoryRow, Store};
 use crate::timestamp::Timestamp;
@@ -134,15 +135,14 @@ pub async fn export(
         });
         if !known {
             store.close().await;
-            let asked = match filter.sub_account {
-                Some(sub) => format!("customer {customer} / sub-account {sub}"),
-                None => format!("customer {customer}"),
-            };
+            let asked = AccountLabel::new(customer, filter.sub_account, None);
             let mut there: Vec<String> = accounts
                 .iter()
-                .map(|a| match a.sub_account_id {
-                    Some(sub) => format!("{} / {sub}", a.customer_id),
-                    None => a.customer_id.to_string(),
+                .map(|a| {
+                    format!(
+                        "{:#}",
+                        AccountLabel::new(a.customer_id, a.sub_account_id, None)
+                    )
                 })
                 .collect();
             there.dedup();

@@ -4,6 +4,7 @@
 //! it on a schedule for every configured account and turns the snapshots into history in
 //! SQLite or PostgreSQL. Start reading at [`sync::sync_account`]: one sync of one account.
 
+pub mod account;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -1,11 +1,12 @@
 //! From a validated [`Config`] to a ready [`SyncContext`]: connect, migrate, register the
-//! accounts. Shared by `run`, `sync`, `migrate` and the demo.
+//! accounts. Shared by `run` (whose start-up order is [`crate::daemon::Daemon::build`]),
+//! `sync`, `migrate` and the demo.
 
 use anyhow::Context;
 
 use crate::config::{Config, VendorConfig};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::sync::{Account, SyncContext};
 use crate::vendor::VendorClient;
 
@@ -26,43 +27,6 @@ pub async fn open_store<A>(config: &Config<A>) -> anyhow::Result<Store> {
         .await
         .with_context(|| format!("database {}", config.database_url))?;
     Ok(store)
-}
-
-/// Like [`open_store`], but while the database cannot be reached at all (PostgreSQL still
-/// starting, a network outage), retries with a doubling wait (1 s to 60 s), saying so at
-/// WARN and in systemd's status line, until it can or `stop` completes (then `None`, even
-/// mid-attempt: a migration cut short rolls back). Anything else fails at once.
-///
-/// It does not extend systemd's start timeout: after `TimeoutStartSec=` systemd gives up on
-/// this start, so a database that stays down never holds up boot, and `Restart=` tries again.
-pub async fn open_store_patiently<A>(
-    config: &Config<A>,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<Option<Store>> {
-    tokio::pin!(stop);
-    let mut wait = std::time::Duration::from_secs(1);
-    loop {
-        let attempt = tokio::select! {
-            attempt = open_store(config) => attempt,
-            () = &mut stop => return Ok(None),
-        };
-        match attempt {
-            Ok(store) => return Ok(Some(store)),
-            Err(e)
-                if e.downcast_ref::<StoreError>()
-                    .is_some_and(StoreError::is_unreachable) =>
-            {
-                tracing::warn!(error = %crate::redact::chain(e.as_ref()), retry_in_secs = wait.as_secs(), "database unreachable; retrying");
-                crate::systemd::waiting_for_database();
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = &mut stop => return Ok(None),
-                }
-                wait = (wait * 2).min(std::time::Duration::from_secs(60));
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// Everything a sync needs, with the configured accounts registered.

@@ -46,7 +46,7 @@ pub async fn report(config: &Config, now: Timestamp) -> anyhow::Result<Report> {
             let found = statuses
                 .iter()
                 .find(|s| s.customer_id == a.customer_id && s.sub_account_id == a.sub_account_id);
-            (a.label(), found)
+            (crate::account::AccountLabel::of(a).to_string(), found)
         })
         .collect();
     let any_failed = rows.iter().any(|(_, s)| {

@@ -5,8 +5,8 @@
 //!    synced it for this tick; the claim is renewed while the run goes on, and a run that
 //!    loses it stops, `abandoned`;
 //! 1. record a `running` run;
-//! 2. ask the API for the link (retries inside [`VendorClient`]);
-//! 3. download it; an expired link is asked for again, up to [`MAX_LINK_REFRESHES`] times;
+//! 2. ask the API for the link and 3. download it: [`VendorClient::open_snapshot`], which
+//!    retries what is worth it and replaces an expired link;
 //! 4. stream the CSV into the store's staging area;
 //! 5. judge it: more than `max_rejected_ratio` rejected records and the snapshot is not trusted;
 //! 6. apply it atomically, checking the claim still holds, and mark the run `succeeded` - or
@@ -16,9 +16,11 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{SyncConfig, VendorAccount};
+use crate::account::AccountLabel;
+use crate::config::{SyncConfig, VendorAccount, VendorConfig};
 use crate::metrics::{MassClosureOutcome, Metrics, RunResult};
 use crate::snapshot::{Row, SnapshotReader};
 use crate::store::{
@@ -26,10 +28,7 @@ use crate::store::{
     ReadCounts, RunId, RunStatus, Staging, Store,
 };
 use crate::timestamp::Timestamp;
-use crate::vendor::{VendorClient, VendorError};
-
-/// How many times an expired download link is replaced by a fresh one before the run fails.
-pub const MAX_LINK_REFRESHES: u32 = 2;
+use crate::vendor::{OpenError, VendorClient};
 
 /// What every sync shares.
 #[derive(Debug, Clone)]
@@ -45,8 +44,8 @@ pub struct SyncContext {
 pub struct Account {
     pub id: AccountId,
     pub config: VendorAccount,
-    /// `customer 42 / sub-account 7 (name)`, computed once.
-    pub label: String,
+    /// `customer 42 / sub-account 7 (name)`, made once.
+    pub label: AccountLabel,
 }
 
 impl SyncContext {
@@ -60,7 +59,7 @@ impl SyncContext {
             out.push(Account {
                 id: self.store.ensure_account(a).await?,
                 config: a.clone(),
-                label: a.label(),
+                label: AccountLabel::of(a),
             });
         }
         Ok(out)
@@ -103,7 +102,7 @@ impl std::fmt::Display for Step {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{account}: {step}: {cause}")]
 pub struct SyncError {
-    pub account: String,
+    pub account: AccountLabel,
     pub step: Step,
     pub cause: String,
     pub run: Option<RunId>,
@@ -127,7 +126,7 @@ pub enum Ending {
 /// A successful sync.
 #[derive(Debug, Clone)]
 pub struct RunReport {
-    pub account: String,
+    pub account: AccountLabel,
     pub run: RunId,
     pub read: ReadCounts,
     pub applied: ApplyCounts,
@@ -185,6 +184,27 @@ fn abandon(step: Step, cause: impl ToString) -> Failure {
         status: RunStatus::Abandoned,
         ..fail(step, cause)
     }
+}
+
+/// The one-shot `sync` command: connects, registers the configured accounts, syncs those
+/// in `wanted` once each, now, at most `max_concurrent` at a time, and closes the store. The
+/// results come in the configuration's order.
+pub async fn sync_once(
+    config: &VendorConfig,
+    wanted: &[&VendorAccount],
+) -> anyhow::Result<Vec<Result<RunReport, SyncError>>> {
+    let (ctx, mut accounts) = crate::startup::prepare(config).await?;
+    let key = |a: &VendorAccount| (a.customer_id, a.sub_account_id);
+    let wanted: Vec<_> = wanted.iter().map(|a| key(a)).collect();
+    accounts.retain(|a| wanted.contains(&key(&a.config)));
+    let never = CancellationToken::new();
+    let results = futures_util::stream::iter(&accounts)
+        .map(|account| sync_account(&ctx, account, &never))
+        .buffered(config.schedule.max_concurrent)
+        .collect()
+        .await;
+    ctx.store.close().await;
+    Ok(results)
 }
 
 /// Syncs one account once, now (the one-shot `sync` command, the demo, the tests).
@@ -499,7 +519,14 @@ async fn fetch_snapshot(
     ctx: &SyncContext,
     account: &Account,
 ) -> Result<(Staging, ReadCounts), Failure> {
-    let download = open_snapshot(&ctx.vendor, &account.config).await?;
+    let download = ctx
+        .vendor
+        .open_snapshot(&account.config)
+        .await
+        .map_err(|e| match e {
+            OpenError::Link(e) => fail(Step::RequestLink, e),
+            OpenError::Download(e) => fail(Step::Download, e),
+        })?;
 
     let mut staging = ctx
         .store
@@ -533,32 +560,6 @@ async fn fetch_snapshot(
         });
     }
     Ok((staging, counts))
-}
-
-/// Asks for a link and opens it, asking again when the link turns out to have expired.
-async fn open_snapshot(
-    vendor: &VendorClient,
-    account: &VendorAccount,
-) -> Result<crate::vendor::Download, Failure> {
-    let mut refreshes = 0;
-    loop {
-        let link = vendor
-            .request_file_url(account)
-            .await
-            .map_err(|e| fail(Step::RequestLink, e))?;
-        match vendor.open_download(&link).await {
-            Ok(download) => return Ok(download),
-            Err(VendorError::LinkExpired(status)) if refreshes < MAX_LINK_REFRESHES => {
-                refreshes += 1;
-                tracing::warn!(
-                    http_status = status,
-                    refresh = refreshes,
-                    "download link expired; asking for a fresh one"
-                );
-            }
-            Err(e) => return Err(fail(Step::Download, e)),
-        }
-    }
 }
 
 async fn stream_into(

@@ -3,7 +3,7 @@
 //! - `READY=1` once the database is migrated, the accounts are registered and the scheduler
 //!   is running ([`ready`]); until then `systemctl start` waits.
 //! - `STATUS=...` while waiting for an unreachable database ([`waiting_for_database`]). The
-//!   start timeout is deliberately not extended: see `startup::open_store_patiently`.
+//!   start timeout is deliberately not extended: see `daemon::open_store_patiently`.
 //! - `STOPPING=1` as soon as SIGTERM/SIGINT arrives ([`stopping`]).
 //! - `WATCHDOG=1` from a job of the scheduler itself ([`watchdog_period`]): the pings stop
 //!   when the scheduler stops firing jobs, and systemd restarts the service after

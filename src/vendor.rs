@@ -7,6 +7,10 @@
 //! carries no credentials at all. The link's query string may hold a signature, so it is
 //! never logged nor put in an error: see [`redact_url`].
 //!
+//! The whole policy for a vendor that misbehaves is here: each request is retried by
+//! `RetryPolicy` (connection errors, timeouts, 5xx and 429, honouring `Retry-After`), and
+//! [`VendorClient::open_snapshot`] asks for a fresh link when the one it got has expired.
+//!
 //! Header names: hyper writes HTTP/1 header names in lower case (`authenticationtoken`).
 //! HTTP header names are case-insensitive (RFC 9110 §5.1), so the vendor reads them all the
 //! same; the spelling in `vendor-api.md` is kept in the constants below for reference.
@@ -24,6 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, ReadBuf};
 use tokio_util::io::StreamReader;
 use url::Url;
 
+use crate::account::AccountLabel;
 use crate::config::{AccountConfig, ApiConfig, VendorAccount};
 use crate::metrics::{HttpRequest, Metrics};
 use crate::redact::Redactor;
@@ -36,6 +41,8 @@ const USER_AGENT: &str = concat!("session-sync/", env!("CARGO_PKG_VERSION"));
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// How much of an error body is read for the excerpt shown in errors.
 const MAX_ERROR_BODY_BYTES: usize = 4 * 1024;
+/// How many times an expired download link is replaced by a fresh one before giving up.
+pub const MAX_LINK_REFRESHES: u32 = 2;
 
 /// What went wrong talking to the vendor. Display never shows a download link's query string
 /// nor a credential: text that came from outside is cleaned by [`crate::redact`] when the
@@ -43,7 +50,7 @@ const MAX_ERROR_BODY_BYTES: usize = 4 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum VendorError {
     #[error("authentication rejected for {account} (HTTP {status})")]
-    AuthRejected { account: String, status: u16 },
+    AuthRejected { account: AccountLabel, status: u16 },
     #[error("HTTP {status}{detail}")]
     Status {
         status: u16,
@@ -118,6 +125,17 @@ impl VendorError {
             source: e,
         }
     }
+}
+
+/// Which of the two requests of [`VendorClient::open_snapshot`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Asking the API for the link.
+    #[error(transparent)]
+    Link(VendorError),
+    /// Downloading the file behind it (a link still expired after the refreshes included).
+    #[error(transparent)]
+    Download(VendorError),
 }
 
 /// The link without its query string and fragment, for logs and messages.
@@ -248,8 +266,32 @@ impl VendorClient {
         url
     }
 
+    /// Asks for the link to the account's current snapshot and opens it, asking for a fresh
+    /// link when the one it got has expired, up to [`MAX_LINK_REFRESHES`] times.
+    pub async fn open_snapshot(&self, account: &VendorAccount) -> Result<Download, OpenError> {
+        let mut refreshes = 0;
+        loop {
+            let link = self
+                .request_file_url(account)
+                .await
+                .map_err(OpenError::Link)?;
+            match self.open_download(&link).await {
+                Ok(download) => return Ok(download),
+                Err(VendorError::LinkExpired(status)) if refreshes < MAX_LINK_REFRESHES => {
+                    refreshes += 1;
+                    tracing::warn!(
+                        http_status = status,
+                        refresh = refreshes,
+                        "download link expired; asking for a fresh one"
+                    );
+                }
+                Err(e) => return Err(OpenError::Download(e)),
+            }
+        }
+    }
+
     /// Asks the API for the link to the account's current snapshot, retrying what is worth it.
-    #[tracing::instrument(skip_all, fields(customer_id = account.customer_id, sub_account_id = account.sub_account_id))]
+    #[tracing::instrument(skip_all, fields(account = %AccountLabel::of(account)))]
     pub async fn request_file_url(&self, account: &VendorAccount) -> Result<Url, VendorError> {
         let redactor = Redactor::for_account(account);
         self.retry
@@ -284,7 +326,8 @@ impl VendorClient {
         let status = response.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(VendorError::AuthRejected {
-                account: format!("customer {}", account.customer_id),
+                // Without the name, which the caller's messages carry already.
+                account: AccountLabel::new(account.customer_id, account.sub_account_id, None),
                 status: status.as_u16(),
             });
         }

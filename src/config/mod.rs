@@ -365,20 +365,6 @@ pub struct AccountConfig {
     pub cron: Option<Cron>,
 }
 
-impl AccountConfig {
-    /// A label that names the account in every message: `customer 42 / sub-account 7 (acme)`.
-    pub fn label(&self) -> String {
-        let mut s = format!("customer {}", self.customer_id);
-        if let Some(sub) = self.sub_account_id {
-            s.push_str(&format!(" / sub-account {sub}"));
-        }
-        if let Some(name) = &self.name {
-            s.push_str(&format!(" ({name})"));
-        }
-        s
-    }
-}
-
 /// Where the process environment comes from; tests pass their own instead of mutating the
 /// process's.
 pub trait Env {

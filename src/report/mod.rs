@@ -36,6 +36,7 @@ use chrono_tz::Tz;
 
 pub use live::routes;
 
+use crate::account::AccountLabel;
 use crate::config::{AccountConfig, Config, Cron};
 use crate::store::{
     AccountId, AccountStatus, Counted, FailedRunRow, RejectedReason, ReportAccount, ReportScope,
@@ -294,14 +295,8 @@ impl AccountFigures {
     /// `customer 42 / sub-account 7 (acme)`, digits runs of names hidden like any text.
     pub fn label(&self) -> String {
         let a = &self.account;
-        let mut s = format!("customer {}", a.customer_id);
-        if let Some(sub) = a.sub_account_id {
-            s.push_str(&format!(" / sub-account {sub}"));
-        }
-        if let Some(name) = &a.name {
-            s.push_str(&format!(" ({})", hide_numbers(name)));
-        }
-        s
+        let name = a.name.as_deref().map(hide_numbers);
+        AccountLabel::new(a.customer_id, a.sub_account_id, name).to_string()
     }
 
     /// `42` or `42-7`: how tables name the account (`data-account`).
@@ -424,10 +419,7 @@ async fn read_figures(
     let accounts = reader.accounts(scope).await.map_err(db)?;
     if accounts.is_empty() {
         if let Some(customer) = scope.customer {
-            let which = match scope.sub_account {
-                Some(sub) => format!("customer {customer} / sub-account {sub}"),
-                None => format!("customer {customer}"),
-            };
+            let which = AccountLabel::new(customer, scope.sub_account, None);
             return Err(ReportError::NoSuchAccount(format!(
                 "no account of {which} in the database"
             )));

@@ -13,6 +13,7 @@ use std::fmt::Write;
 
 use super::svg::{self, esc, local, BarSeries, Bars, Line};
 use super::{hide_numbers, AccountFigures, Figures, Series, MAX_ACCOUNT_SECTIONS};
+use crate::account::AccountLabel;
 use crate::timestamp::Timestamp;
 
 /// The page allows nothing to be fetched: no script, image, font or style from anywhere
@@ -142,8 +143,7 @@ pub fn render(f: &Figures, live: bool) -> String {
     );
     let scope = match (f.params.scope.customer, f.params.scope.sub_account) {
         (None, _) => "every account".to_owned(),
-        (Some(c), None) => format!("customer {c}"),
-        (Some(c), Some(s)) => format!("customer {c} / sub-account {s}"),
+        (Some(c), s) => AccountLabel::new(c, s, None).to_string(),
     };
     let _ = write!(
         out,
