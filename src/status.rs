@@ -51,7 +51,7 @@ pub async fn report(config: &Config, now: Timestamp) -> anyhow::Result<Report> {
         .collect();
     let any_failed = rows.iter().any(|(_, s)| {
         s.and_then(|s| s.last_run.as_ref())
-            .is_some_and(|r| r.status == "failed")
+            .is_some_and(|r| r.status == crate::store::RunOutcome::Failed)
     });
     Ok(Report {
         table: render(&rows, now),
@@ -95,7 +95,7 @@ fn render(rows: &[(String, Option<&AccountStatus>)], now: Timestamp) -> String {
                     .map_or_else(never, |r| when(r.finished_at, now)),
                 s.last_run
                     .as_ref()
-                    .map_or_else(|| "-".into(), |r| r.status.clone()),
+                    .map_or_else(|| "-".into(), |r| r.status.to_string()),
                 s.last_success.map_or_else(never, |t| when(t, now)),
                 s.open_sessions.to_string(),
                 s.recent

@@ -608,7 +608,7 @@ fn failures(out: &mut String, f: &Figures) {
                     vec![
                         local(r.started_at, f.params.tz, "%Y-%m-%d %H:%M:%S %:z"),
                         account_label(f, r.account),
-                        r.status.clone(),
+                        r.status.to_string(),
                         hide_numbers(&crate::redact::clean(r.error.as_deref().unwrap_or(""))),
                     ]
                 })

@@ -676,9 +676,44 @@ pub struct HistoryRow {
 pub struct FinishedRun {
     /// When it ended (its start, for a run a crash left without an end).
     pub finished_at: Timestamp,
-    /// `succeeded`, `failed` or `abandoned`.
-    pub status: String,
+    pub status: RunOutcome,
     pub error: Option<String>,
+}
+
+/// How a finished run ended: `sync_runs.status` once it is no longer `running`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    Succeeded,
+    Failed,
+    Abandoned,
+}
+
+impl RunOutcome {
+    /// As `sync_runs.status` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Failed => RunStatus::Failed.as_str(),
+            RunOutcome::Abandoned => RunStatus::Abandoned.as_str(),
+        }
+    }
+
+    /// Reads `sync_runs.status`; `None` for anything but a finished run's.
+    fn parse(status: &str) -> Option<RunOutcome> {
+        [
+            RunOutcome::Succeeded,
+            RunOutcome::Failed,
+            RunOutcome::Abandoned,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == status)
+    }
+}
+
+impl std::fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The report's reads (`crate::report`), in one read-only transaction: every method
@@ -858,7 +893,7 @@ pub struct OpenPoint {
 pub struct FailedRunRow {
     pub account: AccountId,
     pub started_at: Timestamp,
-    pub status: String,
+    pub status: RunOutcome,
     pub error: Option<String>,
 }
 

@@ -9,7 +9,7 @@ use super::dialect::{scope_sql, Arg, Backend, Dialect};
 use super::{
     AccountId, AccountStatus, AccountSummary, Counted, Doing, FailedRunRow, FinishedRun,
     HistoryFilter, HistoryRow, Lifetime, OpenPoint, RecentFigures, RejectedReason, ReportAccount,
-    ReportReads, ReportScope, RunsOfDay, StatusBounds, StoreError, TzPiece,
+    ReportReads, ReportScope, RunOutcome, RunsOfDay, StatusBounds, StoreError, TzPiece,
 };
 use crate::timestamp::Timestamp;
 
@@ -127,7 +127,7 @@ fn account_status<D: Dialect>(r: &D::Row) -> Result<AccountStatus, sqlx::Error> 
     let last_run = match D::opt_time(r, 3)? {
         Some(finished_at) => Some(FinishedRun {
             finished_at,
-            status: D::text(r, 4)?,
+            status: outcome::<D>(r, 4)?,
             error: D::opt_text(r, 5)?,
         }),
         None => None,
@@ -514,7 +514,7 @@ impl<D: Dialect> ReportReads for Report<D> {
                 Ok(FailedRunRow {
                     account: AccountId(D::int(r, 0)?),
                     started_at: D::time(r, 1)?,
-                    status: D::text(r, 2)?,
+                    status: outcome::<D>(r, 2)?,
                     error: D::opt_text(r, 3)?,
                 })
             })
@@ -571,6 +571,15 @@ fn piece_args(scope: ReportScope, piece: TzPiece) -> [Arg<'static>; 5] {
         to,
         Arg::Int32(piece.offset_secs),
     ]
+}
+
+/// A finished run's `sync_runs.status`.
+fn outcome<D: Dialect>(r: &D::Row, i: usize) -> Result<RunOutcome, sqlx::Error> {
+    let status = D::text(r, i)?;
+    RunOutcome::parse(&status).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: i.to_string(),
+        source: format!("not a finished run's status: {status:?}").into(),
+    })
 }
 
 fn counted<D: Dialect>(r: &D::Row) -> Result<Counted, sqlx::Error> {
