@@ -25,7 +25,7 @@ use crate::metrics::{MassClosureOutcome, Metrics, RunResult};
 use crate::snapshot::{Row, SnapshotReader};
 use crate::store::{
     AccountId, ApplyCounts, ApplyParams, Claim, ClaimOutcome, FailureKind, Fence, MassClosureCheck,
-    ReadCounts, RunId, RunStatus, Staging, Store,
+    ReadCounts, RunFailure, RunId, RunStatus, Staging, Store,
 };
 use crate::timestamp::Timestamp;
 use crate::vendor::{OpenError, VendorClient};
@@ -411,23 +411,22 @@ async fn record_failure(
     counts: ReadCounts,
     staging: Option<Staging>,
 ) {
-    let finished_at = Timestamp::now();
+    let failure = RunFailure {
+        run,
+        status,
+        finished_at: Timestamp::now(),
+        error: message,
+        counts,
+    };
     if let Some(staging) = staging {
-        match staging
-            .fail(run, status, finished_at, message, counts)
-            .await
-        {
+        match staging.fail(failure).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %crate::redact::chain(&e), "could not store the rejected records of a failed run")
             }
         }
     }
-    if let Err(e) = ctx
-        .store
-        .finish_run_unapplied(run, status, finished_at, message, counts)
-        .await
-    {
+    if let Err(e) = ctx.store.finish_run_unapplied(failure).await {
         tracing::error!(error = %crate::redact::chain(&e), run_id = run.0, "could not record the failed run; it stays 'running' until the next run marks it abandoned");
     }
 }

@@ -23,7 +23,7 @@
 
 use super::dialect::{Arg, Backend, Dialect};
 use super::{
-    AccountId, ApplyCounts, ApplyParams, Cause, Doing, Fence, ReadCounts, RunId, RunStatus,
+    AccountId, ApplyCounts, ApplyParams, Cause, Doing, Fence, ReadCounts, RunFailure, RunId,
     StoreError, ABANDONED_BY_CRASH, REJECT_BATCH_ROWS,
 };
 use crate::config::AccountConfig;
@@ -180,15 +180,11 @@ pub(crate) async fn register_account<B: Backend>(
 /// Marks a run `failed` (or `abandoned`) with its error, in a transaction of its own.
 pub(crate) async fn finish_run_unapplied<B: Backend>(
     backend: &B,
-    run: RunId,
-    status: RunStatus,
-    finished_at: Timestamp,
-    error: &str,
-    counts: ReadCounts,
+    failure: RunFailure<'_>,
 ) -> Result<(), StoreError> {
     const ACTION: &str = "recording the failure";
     let mut tx = backend.write(ACTION).await?;
-    finish_unapplied::<B::Db>(&mut tx, run, status, finished_at, error, counts).await?;
+    finish_unapplied::<B::Db>(&mut tx, failure).await?;
     B::commit(tx, ACTION).await
 }
 
@@ -307,16 +303,12 @@ async fn apply_steps<S: Staged>(
 /// changes.
 pub(crate) async fn fail<S: Staged>(
     mut staged: S,
-    run: RunId,
-    status: RunStatus,
-    finished_at: Timestamp,
-    error: &str,
-    counts: ReadCounts,
+    failure: RunFailure<'_>,
 ) -> Result<(), StoreError> {
     let recorded = async {
         staged.begin_fail().await?;
-        store_rejected::<S::Db>(staged.conn(), run).await?;
-        finish_unapplied::<S::Db>(staged.conn(), run, status, finished_at, error, counts).await
+        store_rejected::<S::Db>(staged.conn(), failure.run).await?;
+        finish_unapplied::<S::Db>(staged.conn(), failure).await
     }
     .await;
     match recorded {
@@ -346,23 +338,19 @@ async fn store_rejected<D: Dialect>(
 
 async fn finish_unapplied<D: Dialect>(
     conn: &mut D::Connection,
-    run: RunId,
-    status: RunStatus,
-    finished_at: Timestamp,
-    error: &str,
-    counts: ReadCounts,
+    f: RunFailure<'_>,
 ) -> Result<(), StoreError> {
     D::execute(
         conn,
         "UPDATE sync_runs SET status = $1, finished_at = $2, error = $3, rows_read = $4, \
          rows_rejected = $5 WHERE id = $6 AND status = 'running'",
         &[
-            Arg::Text(status.as_str()),
-            Arg::Time(finished_at),
-            Arg::Text(error),
-            Arg::Int(counts.rows_read as i64),
-            Arg::Int(counts.rows_rejected as i64),
-            Arg::Int(run.0),
+            Arg::Text(f.status.as_str()),
+            Arg::Time(f.finished_at),
+            Arg::Text(f.error),
+            Arg::Int(f.counts.rows_read as i64),
+            Arg::Int(f.counts.rows_rejected as i64),
+            Arg::Int(f.run.0),
         ],
     )
     .await

@@ -455,17 +455,8 @@ impl Store {
     }
 
     /// Marks a run `failed` (or `abandoned`) with its error; no session changes.
-    pub async fn finish_run_unapplied(
-        &self,
-        run: RunId,
-        status: RunStatus,
-        finished_at: Timestamp,
-        error: &str,
-        counts: ReadCounts,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, s => {
-            history::finish_run_unapplied(s, run, status, finished_at, error, counts).await
-        })
+    pub async fn finish_run_unapplied(&self, failure: RunFailure<'_>) -> Result<(), StoreError> {
+        dispatch!(self, s => history::finish_run_unapplied(s, failure).await)
     }
 
     /// Opens a staging area for one run's snapshot; `expires_at` of each staged session is
@@ -550,16 +541,19 @@ impl Staging {
 
     /// In one transaction: stores the rejected records and marks the run `failed` (or
     /// `abandoned`). No session changes.
-    pub async fn fail(
-        self,
-        run: RunId,
-        status: RunStatus,
-        finished_at: Timestamp,
-        error: &str,
-        counts: ReadCounts,
-    ) -> Result<(), StoreError> {
-        dispatch_staging!(self, s => history::fail(s, run, status, finished_at, error, counts).await)
+    pub async fn fail(self, failure: RunFailure<'_>) -> Result<(), StoreError> {
+        dispatch_staging!(self, s => history::fail(s, failure).await)
     }
+}
+
+/// A run that ends without changing any session: how, when and why.
+#[derive(Debug, Clone, Copy)]
+pub struct RunFailure<'a> {
+    pub run: RunId,
+    pub status: RunStatus,
+    pub finished_at: Timestamp,
+    pub error: &'a str,
+    pub counts: ReadCounts,
 }
 
 /// The terminal states a run that changed nothing can end in.

@@ -6,7 +6,7 @@
 use session_sync::snapshot::{PhoneNumber, Rejection, SessionKey};
 use session_sync::store::{
     AccountId, ApplyCounts, ApplyParams, FailureKind, MassClosureCheck, MassClosureGuard,
-    ReadCounts, RunStatus, Store, StoreError,
+    ReadCounts, RunFailure, RunStatus, Store, StoreError,
 };
 use session_sync::timestamp::Timestamp;
 
@@ -190,13 +190,13 @@ async fn the_history_rules_told_as_one_story(backend: Backend) {
     assert_eq!(held_run.status, "running");
     let ended = at(&poll_time(5));
     store
-        .finish_run_unapplied(
-            session_sync::store::RunId(held_run.id),
-            RunStatus::Failed,
-            ended,
-            "held back",
-            ReadCounts::default(),
-        )
+        .finish_run_unapplied(RunFailure {
+            run: session_sync::store::RunId(held_run.id),
+            status: RunStatus::Failed,
+            finished_at: ended,
+            error: "held back",
+            counts: ReadCounts::default(),
+        })
         .await
         .unwrap();
     let applied = poll(
@@ -247,16 +247,16 @@ async fn the_history_rules_told_as_one_story(backend: Backend) {
     failing.add_session(&key(B, T3)).await.unwrap();
     failing.add_rejected(&garbled).await.unwrap();
     failing
-        .fail(
-            next_run,
-            RunStatus::Failed,
-            late,
-            "the download broke off",
-            ReadCounts {
+        .fail(RunFailure {
+            run: next_run,
+            status: RunStatus::Failed,
+            finished_at: late,
+            error: "the download broke off",
+            counts: ReadCounts {
                 rows_read: 2,
                 rows_rejected: 1,
             },
-        )
+        })
         .await
         .unwrap();
     let sessions = h.db.sessions().await;
