@@ -254,27 +254,20 @@ async fn check_against_sql(db: &TestDb, tables: &[Table], period: &Period) {
             Some((c, Some(sub))) => format!(" AND customer_id = {c} AND sub_account_id = {sub}"),
         };
         let started_in = period.within("started_at");
-        let conversations_per_day = text_rows(
-            db.rows(&format!(
-                "SELECT {d}, count(*) FROM conversations WHERE {started_in}{in_view} \
-                 GROUP BY 1 ORDER BY 1",
-                d = day("started_at")
-            ))
-            .await,
-        );
+        let conversations_per = |bucket: String| {
+            let sql = format!(
+                "SELECT {bucket}, count(*) FROM conversations WHERE {started_in}{in_view} \
+                 GROUP BY 1 ORDER BY 1"
+            );
+            async move { text_rows(db.rows(&sql).await) }
+        };
+        let conversations_per_day = conversations_per(day("started_at")).await;
         assert_eq!(
             nonzero(&table("conversations-per-day", key)),
             conversations_per_day,
             "{key}"
         );
-        let conversations_per_hour = text_rows(
-            db.rows(&format!(
-                "SELECT {h}, count(*) FROM conversations WHERE {started_in}{in_view} \
-                 GROUP BY 1 ORDER BY 1",
-                h = hour("started_at")
-            ))
-            .await,
-        );
+        let conversations_per_hour = conversations_per(hour("started_at")).await;
         assert_eq!(
             nonzero(&table("conversations-per-hour", key)),
             conversations_per_hour,
